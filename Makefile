@@ -1,0 +1,27 @@
+# The two commands: `make serve` and `make test`. Each builds what it needs first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test bench build clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard ext/*.pyx)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+build: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/iothub serve
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/pytest bench --benchmark-only
+
+clean:
+	rm -rf $(VENV) build *.egg-info iothub/*.so ext/*.c

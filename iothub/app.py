@@ -1,0 +1,90 @@
+"""The Hub: one server process, its parts wired together and their lifetime.
+
+settings → store, alert engine, write-behind, gateway (Socket.IO) and
+supervisor, plus the REST routes, all on one aiohttp application and one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import rest
+from .alerts import AlertEngine
+from .auth import Authenticator
+from .config import Settings
+from .gateway import Gateway
+from .store import Store
+from .store.memory import MemoryStore
+from .supervisor import Supervisor
+from .writebehind import WriteBehind
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store: Store = store if store is not None else MemoryStore()
+        self.authenticator = Authenticator(settings.jwt_secret, production=settings.production)
+        self.engine = AlertEngine(settings.rules, settings.evaluator)
+        self.writer = WriteBehind(self.store)
+        self.gateway = Gateway(settings, self.authenticator)
+        self.supervisor = Supervisor(
+            self.engine,
+            self.store,
+            self.gateway,
+            self.writer,
+            heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
+            alert_cooldown_ms=settings.alert_cooldown_ms,
+        )
+        self.gateway.bind(self.supervisor)
+        self._started = time.monotonic()
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
+
+    def application(self) -> web.Application:
+        app = web.Application(
+            middlewares=[rest.cors(self.settings.cors_origins), rest.envelope_errors],
+            client_max_size=self.settings.max_payload_bytes,
+        )
+        app[rest.HUB] = self
+        self.gateway.attach(app)
+        rest.add_routes(app)
+        app.cleanup_ctx.append(self._lifespan)
+        return app
+
+    def describe(self) -> str:
+        """The startup line: where it listens, which store, which evaluator."""
+        s = self.settings
+        return (
+            f"iothub listening on http://{s.host}:{s.port} "
+            f"(env {s.env}, store {self.store.name}, alert evaluator {self.engine.kind})"
+        )
+
+    async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        await self.store.open()
+        self.writer.start()
+        sweeper = asyncio.create_task(self._sweep_forever(), name="iothub-heartbeat-sweep")
+        self._started = time.monotonic()
+        yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await self.writer.close()
+        await self.store.close()
+
+    async def _sweep_forever(self) -> None:
+        interval = self.settings.cleanup_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            dropped = self.supervisor.sweep()
+            if dropped:
+                log.info("heartbeat sweep dropped %d silent devices", len(dropped))

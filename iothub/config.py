@@ -1,0 +1,136 @@
+"""Settings: the seed's environment variables, the ones this server adds, and their checks.
+
+Every setting has one environment variable and one ``iothub serve`` flag (the
+flag wins). :meth:`Settings.load` refuses a configuration that cannot work —
+above all production without a strong ``JWT_SECRET`` — before anything listens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Struct, field
+
+from .auth import DEVELOPMENT_SECRET
+from .rules import DEFAULT_RULES, AlertRule, merge_rules
+
+Environment = Literal["development", "production"]
+Evaluator = Literal["compiled", "reference"]
+
+#: Secrets that appear in examples and so protect nothing.
+WEAK_SECRETS = frozenset({"your_jwt_secret", "secret", "changeme", "jwt_secret", "development", DEVELOPMENT_SECRET})
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which setting and why."""
+
+
+class Settings(Struct, frozen=True, kw_only=True):
+    host: str = "0.0.0.0"
+    port: int = 6162
+    env: Environment = "development"
+    jwt_secret: str | None = None
+    frontend_url: str | None = None
+    debug: str | None = None
+    heartbeat_timeout_ms: int = 300_000
+    cleanup_interval_ms: int = 300_000
+    max_payload_bytes: int = 10 * 1024 * 1024
+    alert_rules_file: str | None = None
+    alert_cooldown_ms: int = 0
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0
+    ws_compression: bool = False
+    evaluator: Evaluator = "compiled"
+    rules: tuple[AlertRule, ...] = field(default=DEFAULT_RULES)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def cors_origins(self) -> list[str] | str:
+        """Origins allowed to open sockets and call REST from a browser."""
+        if self.frontend_url:
+            return [origin.strip().rstrip("/") for origin in self.frontend_url.split(",") if origin.strip()]
+        return [] if self.production else "*"
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``environ`` (default ``os.environ``), then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, variable in ENVIRONMENT.items():
+            if environ.get(variable, "") != "":
+                values[name] = environ[variable]
+        if "env" not in values and environ.get("NODE_ENV") in ("development", "production"):
+            values["env"] = environ["NODE_ENV"]
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        try:
+            settings = msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid setting: {_name_setting(str(exc))}") from None
+        return settings._checked()
+
+    def _checked(self) -> Settings:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"PORT must be 1..65535, not {self.port}")
+        for name in ("heartbeat_timeout_ms", "cleanup_interval_ms", "max_payload_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{ENVIRONMENT[name]} must be positive")
+        if self.rate_limit < 0 or self.rate_burst < 0 or self.alert_cooldown_ms < 0:
+            raise ConfigError("rate limits and the alert cooldown cannot be negative")
+        if self.production:
+            secret = self.jwt_secret or ""
+            if len(secret) < MIN_SECRET_LENGTH or secret.lower() in WEAK_SECRETS:
+                raise ConfigError(
+                    f"production needs JWT_SECRET of at least {MIN_SECRET_LENGTH} characters that is not an example value"
+                )
+        if self.alert_rules_file:
+            return msgspec.structs.replace(self, rules=_read_rules(Path(self.alert_rules_file)))
+        return self
+
+
+#: The environment variable of each setting (the CLI flag is ``--`` plus the name, dashed).
+ENVIRONMENT: dict[str, str] = {
+    "host": "HOST",
+    "port": "PORT",
+    "env": "IOTHUB_ENV",
+    "jwt_secret": "JWT_SECRET",
+    "frontend_url": "FRONTEND_URL",
+    "debug": "DEBUG",
+    "heartbeat_timeout_ms": "HEARTBEAT_TIMEOUT_MS",
+    "cleanup_interval_ms": "CLEANUP_INTERVAL_MS",
+    "max_payload_bytes": "MAX_PAYLOAD_BYTES",
+    "alert_rules_file": "IOTHUB_ALERT_RULES",
+    "alert_cooldown_ms": "IOTHUB_ALERT_COOLDOWN_MS",
+    "rate_limit": "IOTHUB_RATE_LIMIT",
+    "rate_burst": "IOTHUB_RATE_BURST",
+    "ws_compression": "IOTHUB_WS_COMPRESSION",
+    "evaluator": "IOTHUB_EVALUATOR",
+}
+
+
+def _read_rules(path: Path) -> tuple[AlertRule, ...]:
+    try:
+        overrides = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"IOTHUB_ALERT_RULES: cannot read {path}: {exc}") from None
+    if not isinstance(overrides, list):
+        raise ConfigError("IOTHUB_ALERT_RULES must hold a JSON array of rules")
+    try:
+        return merge_rules(overrides)
+    except ValueError as exc:
+        raise ConfigError(f"IOTHUB_ALERT_RULES: {exc}") from None
+
+
+def _name_setting(reason: str) -> str:
+    """Replace msgspec's ``$.field`` with the environment variable a user set."""
+    for name, variable in ENVIRONMENT.items():
+        reason = reason.replace(f"`$.{name}`", variable)
+    return reason

@@ -1,0 +1,188 @@
+"""The Socket.IO front end: one socket's events in, replies and fan-out packets out.
+
+Handlers stay thin. For each EVENT the gateway checks the socket's budget and
+the payload's size, decodes it into its struct (:mod:`iothub.protocol`),
+checks the socket's token allows it (:mod:`iothub.auth`) and hands it to the
+:class:`~iothub.supervisor.Supervisor`. The reply goes back as the
+acknowledgement when the client asked for one, else as the reply event.
+
+Packets to sockets are queued on Engine.IO's per-socket queue directly: one
+encoded text for every recipient, no task and no await per socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection
+from typing import Any
+
+import socketio
+from aiohttp.web import WebSocketResponse
+from engineio import packet as eio_packet
+from engineio.async_drivers import aiohttp as eio_aiohttp
+
+from .auth import Authenticator, Principal
+from .config import Settings
+from .errors import ErrorCode, ProtocolError
+from .packets import EventPacket, ack_text, event_text
+from .protocol import (
+    Failure,
+    HeartbeatEvent,
+    RegisterDeviceEvent,
+    SubscribeUserEvent,
+    TelemetryDataEvent,
+    TelemetryProcessed,
+    UnsubscribeUserEvent,
+    decode_event,
+    encode,
+)
+from .ratelimit import TokenBucket
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/"
+#: Room over MAX_PAYLOAD_BYTES that the transport still takes, so that a
+#: payload somewhat too large gets PAYLOAD_TOO_LARGE instead of a dropped socket.
+TRANSPORT_SLACK_BYTES = 1024 * 1024
+TELEMETRY_PROCESSED = encode(TelemetryProcessed())
+INTERNAL_FAILURE = Failure(code=ErrorCode.INTERNAL, message="internal error")
+
+
+class Session:
+    """What the gateway knows of one connected socket."""
+
+    __slots__ = ("principal", "budget")
+
+    def __init__(self, principal: Principal, budget: TokenBucket | None) -> None:
+        self.principal = principal
+        self.budget = budget
+
+
+class Gateway(socketio.AsyncServer):
+    def __init__(self, settings: Settings, authenticator: Authenticator) -> None:
+        debug = settings.debug or ""
+        super().__init__(
+            async_mode="aiohttp",
+            serializer=EventPacket,
+            async_handlers=False,
+            cors_allowed_origins=settings.cors_origins,
+            max_http_buffer_size=settings.max_payload_bytes + TRANSPORT_SLACK_BYTES,
+            logger="socket.io" in debug or debug == "*",
+            engineio_logger="engine" in debug or debug == "*",
+        )
+        self.eio._async = {**self.eio._async, "websocket": websocket_class(settings.ws_compression)}
+        self.settings = settings
+        self.authenticator = authenticator
+        self.supervisor: Supervisor | None = None
+        self._sessions: dict[str, Session] = {}
+        self.on("connect", self._on_connect)
+        self.on("disconnect", self._on_disconnect)
+
+    def bind(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    # ------------------------------------------------------------------ Outbox
+
+    def send(self, sids: Collection[str], event: str, payload: bytes | None) -> int:
+        """Queue one ``event`` packet on each socket; return how many took it."""
+        if not sids:
+            return 0
+        message = eio_packet.Packet(eio_packet.MESSAGE, event_text(event, payload))
+        eio_sid_of = self.manager.eio_sid_from_sid
+        sockets = self.eio.sockets
+        sent = 0
+        for sid in sids:
+            socket = sockets.get(eio_sid_of(sid, NAMESPACE))
+            if socket is not None and not socket.closing and not socket.closed:
+                socket.queue.put_nowait(message)
+                sent += 1
+        return sent
+
+    def _send_text(self, eio_sid: str, text: str) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and not socket.closing and not socket.closed:
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, text))
+
+    # ------------------------------------------------------------------ connections
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        try:
+            principal = self.authenticator.for_socket(auth)
+        except ProtocolError as error:
+            raise socketio.exceptions.ConnectionRefusedError(error.message, {"code": error.code}) from None
+        rate = self.settings.rate_limit
+        budget = TokenBucket(rate, self.settings.rate_burst or 2 * rate, time.monotonic()) if rate else None
+        self._sessions[sid] = Session(principal, budget)
+        self.supervisor.connect(sid)
+
+    async def _on_disconnect(self, sid: str, reason: object = None) -> None:
+        self._sessions.pop(sid, None)
+        self.supervisor.disconnect(sid)
+
+    # ------------------------------------------------------------------ events
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
+        session = self._sessions.get(sid) if sid is not None else None
+        if session is None:
+            return
+        try:
+            reply_event, reply = await self._dispatch(sid, session, data)
+        except ProtocolError as error:
+            reply_event, reply = "error", encode(Failure.of(error))
+            self.supervisor.meters.errors.mark(self.supervisor.clock())
+        except Exception:
+            log.exception("event from socket %s failed", sid)
+            reply_event, reply = "error", encode(INTERNAL_FAILURE)
+        if id is not None:
+            self._send_text(eio_sid, ack_text(id, reply))
+        elif reply_event is not None:
+            self._send_text(eio_sid, event_text(reply_event, reply))
+
+    async def _dispatch(self, sid: str, session: Session, data: Any) -> tuple[str | None, bytes]:
+        """Run one event; return the reply event's name and its encoded payload."""
+        if session.budget is not None and not session.budget.take(time.monotonic()):
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "too many events: slow down")
+        if not isinstance(data, str):
+            raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "binary payloads are not accepted")
+        limit = self.settings.max_payload_bytes
+        if len(data) > limit // 4 and len(data.encode()) > limit:
+            raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"an event may carry at most {limit} bytes")
+        event = decode_event(data)
+        supervisor = self.supervisor
+        principal = session.principal
+        match event:
+            case TelemetryDataEvent(payload=message):
+                supervisor.telemetry(sid, message)
+                return event.reply_event, TELEMETRY_PROCESSED
+            case HeartbeatEvent(payload=message):
+                return event.reply_event, encode(supervisor.heartbeat(sid, message.imei))
+            case RegisterDeviceEvent(payload=message):
+                if not principal.may_register(message.imei):
+                    raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not register {message.imei}")
+                reply = await supervisor.register(sid, message.imei, message.userEmail)
+                return event.reply_event, encode(reply)
+            case SubscribeUserEvent(payload=message):
+                if not principal.may_subscribe(message.email):
+                    raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not subscribe to {message.email}")
+                return event.reply_event, encode(await supervisor.subscribe(sid, message.email))
+            case UnsubscribeUserEvent(payload=message):
+                return event.reply_event, encode(supervisor.unsubscribe(sid, message.email))
+        raise AssertionError(f"unhandled event {event!r}")
+
+
+def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
+    """Engine.IO's aiohttp WebSocket with per-message compression on or off."""
+
+    class WebSocket(eio_aiohttp.WebSocket):
+        async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+            request = environ["aiohttp.request"]
+            self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
+            await self._sock.prepare(request)
+            self.environ = environ
+            await self.handler(self)
+            return self._sock
+
+    return WebSocket

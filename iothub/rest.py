@@ -1,0 +1,211 @@
+"""The REST API: health, status and the operators' real-time management endpoints.
+
+Every answer is PROTOCOL.md's envelope ``{success, message, data?}``; every
+failure, including aiohttp's own (unknown route, body too large), gets the
+envelope with ``code`` and the matching status, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+
+from .auth import Principal
+from .errors import ErrorCode, ProtocolError
+from .protocol import Connections, Delivery, DirectedMessage, Email, Envelope, Imei, encode, validation_error
+
+if TYPE_CHECKING:
+    from .app import Hub
+
+log = logging.getLogger(__name__)
+
+HUB = web.AppKey("hub", "Hub")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {400: ErrorCode.INVALID_PAYLOAD, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
+               404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_PAYLOAD, 413: ErrorCode.PAYLOAD_TOO_LARGE,
+               429: ErrorCode.RATE_LIMITED}
+_decode_message = msgspec.json.Decoder(DirectedMessage).decode
+_check_imei = msgspec.json.Decoder(Imei).decode
+_check_email = msgspec.json.Decoder(Email).decode
+
+
+def respond(message: str, data: Any = msgspec.UNSET, status: int = 200) -> web.Response:
+    return web.Response(
+        body=encode(Envelope(success=status < 400, message=message, data=data)),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def failure(code: ErrorCode, message: str, status: int) -> web.Response:
+    return web.Response(
+        body=encode(Envelope(success=False, message=message, code=code)), status=status, content_type="application/json"
+    )
+
+
+@web.middleware
+async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every refusal and failure into the envelope."""
+    try:
+        return await handler(request)
+    except ProtocolError as error:
+        return failure(error.code, error.message, error.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return failure(_HTTP_CODES.get(exc.status, ErrorCode.INTERNAL), exc.reason, exc.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return failure(ErrorCode.INTERNAL, "internal error", 500)
+
+
+def admin(request: web.Request) -> Principal:
+    principal = request.app[HUB].authenticator.for_request(request.headers.get("Authorization"))
+    if principal.role != "admin":
+        raise ProtocolError(ErrorCode.FORBIDDEN, "this endpoint needs an admin token")
+    return principal
+
+
+async def health(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    body = {
+        "status": "OK",
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "uptime": round(hub.uptime, 3),
+        "connectedDevices": hub.supervisor.device_count,
+        "connectedUsers": len(hub.supervisor.users()),
+    }
+    return web.Response(body=encode(body), content_type="application/json")
+
+
+async def status(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    supervisor = hub.supervisor
+    now = supervisor.clock()
+    return respond(
+        "Real-time status retrieved successfully",
+        {
+            "connections": supervisor.connection_count,
+            "devices": supervisor.device_count,
+            "users": len(supervisor.users()),
+            "messages": supervisor.meters.snapshot(now),
+            "evaluator": hub.engine.kind,
+            "store": hub.store.name,
+            "backlog": hub.writer.backlog,
+            "uptime": round(hub.uptime, 3),
+            "timestamp": now,
+        },
+    )
+
+
+async def connections(request: web.Request) -> web.Response:
+    admin(request)
+    supervisor = request.app[HUB].supervisor
+    data = Connections(
+        devices=supervisor.devices(),
+        users=supervisor.users(),
+        totalConnections=supervisor.connection_count,
+        timestamp=supervisor.clock(),
+    )
+    return respond("Connection status retrieved successfully", data)
+
+
+async def devices(request: web.Request) -> web.Response:
+    admin(request)
+    return respond("Connected devices retrieved successfully", request.app[HUB].supervisor.devices())
+
+
+async def users(request: web.Request) -> web.Response:
+    admin(request)
+    return respond("Connected users retrieved successfully", request.app[HUB].supervisor.users())
+
+
+async def broadcast(request: web.Request) -> web.Response:
+    admin(request)
+    message = await _directed_message(request)
+    recipients = request.app[HUB].supervisor.broadcast(message.event, _payload(message))
+    return respond("Message broadcast successfully", Delivery(message.event, recipients))
+
+
+async def to_device(request: web.Request) -> web.Response:
+    admin(request)
+    imei = _path_value(request, "imei", _check_imei)
+    message = await _directed_message(request)
+    recipients = request.app[HUB].supervisor.send_to_device(imei, message.event, _payload(message))
+    return respond("Message sent to device successfully", Delivery(message.event, recipients))
+
+
+async def to_user(request: web.Request) -> web.Response:
+    admin(request)
+    email = _path_value(request, "email", _check_email).lower()
+    message = await _directed_message(request)
+    recipients = request.app[HUB].supervisor.send_to_user(email, message.event, _payload(message))
+    return respond("Message sent to user successfully", Delivery(message.event, recipients))
+
+
+def _path_value(request: web.Request, name: str, check: Callable[[bytes], str]) -> str:
+    value = request.match_info[name]
+    try:
+        return check(encode(value))
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc), within=name) from None
+
+
+async def _directed_message(request: web.Request) -> DirectedMessage:
+    body = await request.read()
+    try:
+        return _decode_message(body)
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except (msgspec.DecodeError, RecursionError):
+        raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "the body must be a JSON object {event, data}") from None
+
+
+def _payload(message: DirectedMessage) -> bytes | None:
+    return None if message.data is msgspec.UNSET else bytes(message.data)
+
+
+def cors(origins: list[str] | str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """CORS for the REST API (Socket.IO's own path answers CORS itself)."""
+
+    def allowed(origin: str | None) -> str | None:
+        if origin is None:
+            return None
+        return "*" if origins == "*" else (origin if origin in origins else None)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/socket.io"):
+            return await handler(request)
+        origin = allowed(request.headers.get("Origin"))
+        if request.method == "OPTIONS" and origin is not None:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/realtime/status", status)
+    app.router.add_get("/api/realtime/connections", connections)
+    app.router.add_get("/api/realtime/devices", devices)
+    app.router.add_get("/api/realtime/users", users)
+    app.router.add_post("/api/realtime/broadcast", broadcast)
+    app.router.add_post("/api/realtime/device/{imei}", to_device)
+    app.router.add_post("/api/realtime/user/{email}", to_user)
+

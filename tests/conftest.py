@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .server import RunningServer, start_server
+
+_imeis = itertools.count(100000000000000)
+_emails = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One development server shared by a test module; tests use their own imeis and e-mails."""
+    running = start_server(tmp_path_factory.mktemp("server"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with their own settings (environment variables); all stopped at the end."""
+    started: list[RunningServer] = []
+
+    def start(**env: str) -> RunningServer:
+        running = start_server(tmp_path_factory.mktemp("server"), **env)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def imei() -> Callable[[], str]:
+    """Fresh 15-digit imeis, unique across the session."""
+    return lambda: str(next(_imeis))
+
+
+@pytest.fixture
+def email() -> Callable[[], str]:
+    """Fresh owner e-mails, unique across the session."""
+    return lambda: f"owner{next(_emails)}@example.com"
