@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from aiohttp import web
 
 from .auth import ROLES, Authenticator
 from .config import ENVIRONMENT, ConfigError, Settings
+from .loop import new_event_loop
 
 
 def _serve_parser(commands: argparse._SubParsersAction) -> None:
@@ -31,15 +31,53 @@ def _token_parser(commands: argparse._SubParsersAction) -> None:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
 
 
+def _bench_parser(commands: argparse._SubParsersAction) -> None:
+    from .benchmark import SCENARIOS
+
+    bench = commands.add_parser(
+        "bench",
+        help="run the fleet benchmark",
+        description="Start the server(s) under test, drive a simulated fleet, report throughput, latency, CPU and memory.",
+    )
+    bench.add_argument("--scenario", choices=SCENARIOS, default="burst")
+    bench.add_argument(
+        "--server", action="append", help="iothub (default), baseline, or the URL of a running server; repeat to compare"
+    )
+    bench.add_argument("--pid", type=int, help="pid of the server at --server URL, for its CPU and memory")
+    bench.add_argument("--devices", type=int)
+    bench.add_argument("--dashboards", type=int)
+    bench.add_argument("--window", type=int, help="messages in flight per device")
+    bench.add_argument("--rate", type=float, help="messages per second from the whole fleet (instead of --window)")
+    bench.add_argument("--duration", type=float, help="seconds measured, after the warm-up")
+    bench.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="environment of a started iothub")
+    bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG (default bench/results)")
+    bench.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to separate cores")
+
+
+def _simulate_parser(commands: argparse._SubParsersAction) -> None:
+    simulate = commands.add_parser("simulate", help="run a fleet of simulated devices against a server")
+    simulate.add_argument("--devices", type=int, default=10)
+    simulate.add_argument("--rate", type=float, default=5.0, help="messages per second from the whole fleet")
+    simulate.add_argument("--url", default="http://127.0.0.1:6162")
+    simulate.add_argument("--duration", type=float, help="seconds to run (default: until interrupted)")
+    simulate.add_argument("--token", help="a token for the handshake (production servers)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iothub", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_parser(commands)
     _token_parser(commands)
+    _bench_parser(commands)
+    _simulate_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "token":
             return token(args)
+        if args.command == "bench":
+            return bench(args)
+        if args.command == "simulate":
+            return simulate(args)
         return serve({name: getattr(args, name) for name in ENVIRONMENT})
     except ConfigError as exc:
         print(f"iothub: {exc}", file=sys.stderr)
@@ -71,18 +109,42 @@ def serve(overrides: dict[str, str | None]) -> int:
         host=settings.host,
         port=settings.port,
         print=lambda _banner: print(hub.describe(), flush=True),
-        loop=_event_loop(),
+        loop=new_event_loop(),
         access_log=None,
     )
     return 0
 
 
-def _event_loop() -> asyncio.AbstractEventLoop:
+def bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import msgspec
+
+    from .benchmark import SCENARIOS, run
+
+    changes = {name: getattr(args, name) for name in ("devices", "dashboards", "window", "rate", "duration")}
+    if args.rate is not None and args.window is None:
+        changes["window"] = 0
+    scenario = msgspec.structs.replace(SCENARIOS[args.scenario], **{k: v for k, v in changes.items() if v is not None})
+    if not scenario.window and not scenario.rate:
+        print("iothub: give --window or --rate", file=sys.stderr)
+        return 2
+    server_env = dict(item.split("=", 1) for item in args.server_env)
+    run(scenario, args.server or ["iothub"], Path(args.out), pin=not args.no_pin, pid=args.pid, server_env=server_env)
+    return 0
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from .fleet import simulate as run_fleet
+
+    loop = new_event_loop()
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        loop.run_until_complete(run_fleet(args.url, args.devices, args.rate, args.duration, args.token))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.close()
+    return 0
 
 
 if __name__ == "__main__":

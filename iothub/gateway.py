@@ -18,9 +18,7 @@ from collections.abc import Collection
 from typing import Any
 
 import socketio
-from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
-from engineio.async_drivers import aiohttp as eio_aiohttp
 
 from .auth import Authenticator, Principal
 from .config import Settings
@@ -39,6 +37,7 @@ from .protocol import (
 )
 from .ratelimit import TokenBucket
 from .supervisor import Supervisor
+from .transport import FramedPacket, websocket_class
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class Gateway(socketio.AsyncServer):
         """Queue one ``event`` packet on each socket; return how many took it."""
         if not sids:
             return 0
-        message = eio_packet.Packet(eio_packet.MESSAGE, event_text(event, payload))
+        message = FramedPacket(eio_packet.MESSAGE, event_text(event, payload))
         eio_sid_of = self.manager.eio_sid_from_sid
         sockets = self.eio.sockets
         sent = 0
@@ -103,7 +102,7 @@ class Gateway(socketio.AsyncServer):
     def _send_text(self, eio_sid: str, text: str) -> None:
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None and not socket.closing and not socket.closed:
-            socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, text))
+            socket.queue.put_nowait(FramedPacket(eio_packet.MESSAGE, text))
 
     # ------------------------------------------------------------------ connections
 
@@ -172,17 +171,3 @@ class Gateway(socketio.AsyncServer):
                 return event.reply_event, encode(supervisor.unsubscribe(sid, message.email))
         raise AssertionError(f"unhandled event {event!r}")
 
-
-def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
-    """Engine.IO's aiohttp WebSocket with per-message compression on or off."""
-
-    class WebSocket(eio_aiohttp.WebSocket):
-        async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
-            request = environ["aiohttp.request"]
-            self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
-            await self._sock.prepare(request)
-            self.environ = environ
-            await self.handler(self)
-            return self._sock
-
-    return WebSocket

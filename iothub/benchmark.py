@@ -1,0 +1,300 @@
+"""``iothub bench``: the fleet benchmark.
+
+Starts the server under test (this project, the plain baseline in ``bench/``,
+or a URL), pins it to one core and the load to the other, connects dashboards
+and devices with the lean Socket.IO client, drives them for a bounded time and
+reports what a fleet operator cares about: acknowledged and delivered messages
+per second, device-to-dashboard latency, server CPU per message (from /proc),
+server memory per connection, messages lost, duplicated or out of order, and
+alerts expected versus received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from .fleet import Dashboard, Device, Tally, owner_of, start_all
+
+BASELINE = Path(__file__).resolve().parent.parent / "bench" / "baseline_server.py"
+
+
+class Scenario(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    devices: int
+    dashboards: int
+    #: Telemetry messages each device keeps in flight (0: send at ``rate`` instead).
+    window: int = 0
+    #: Messages per second from the whole fleet, when ``window`` is 0.
+    rate: float = 0
+    duration: float
+    warmup: float = 2.0
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "burst": Scenario(name="burst", devices=100, dashboards=10, window=4, duration=10),
+    "fleet": Scenario(name="fleet", devices=5000, dashboards=500, rate=2500, duration=30, warmup=5),
+}
+
+
+class Result(msgspec.Struct, kw_only=True):
+    server: str
+    scenario: Scenario
+    acked_per_second: float
+    delivered_per_second: float
+    server_cpu_us_per_message: float | None
+    server_cpu_share: float | None
+    latency_ms: dict[str, float]
+    ack_latency_ms: dict[str, float]
+    sent: int
+    acknowledged: int
+    refused: int
+    unacknowledged: int
+    delivered: int
+    lost: int
+    duplicated: int
+    out_of_order: int
+    alerts_expected: dict[str, int]
+    alerts_received: dict[str, int]
+    server_rss_mib: float | None
+    memory_per_connection_kib: float | None
+    timeline: list[tuple[int, int, int]]
+
+
+class ServerProcess:
+    """A server this benchmark started, pinned to one core, stopped by its pid."""
+
+    def __init__(self, kind: str, port: int, env: dict[str, str]) -> None:
+        if kind == "baseline":
+            if not BASELINE.exists():
+                raise SystemExit(f"the baseline server is not at {BASELINE}; run from a checkout")
+            command = [sys.executable, str(BASELINE), "--port", str(port)]
+        else:
+            command = [sys.executable, "-m", "iothub", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.pid = self.process.pid
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{kind} server did not start: {self.process.stderr.read().decode()[-2000:]}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentiles(samples_ns: list[int]) -> dict[str, float]:
+    if not samples_ns:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    ordered = sorted(samples_ns)
+
+    def at(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] / 1e6
+
+    return {"p50": round(at(0.50), 3), "p99": round(at(0.99), 3), "max": round(ordered[-1] / 1e6, 3)}
+
+
+async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth: dict[str, Any] | None = None) -> Result:
+    rng = random.Random(7)
+    tally = Tally()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        dashboards = [Dashboard(session, url, owner_of(i, scenario.dashboards)) for i in range(scenario.dashboards)]
+        devices = [Device(session, url, i, scenario.dashboards, tally, rng) for i in range(scenario.devices)]
+        rss_before = rss_bytes(pid) if pid else None
+        await start_all(dashboards, 100, auth)
+        await start_all(devices, 100, auth)
+        rss_connected = rss_bytes(pid) if pid else None
+        print(f"[{label}] {len(devices)} devices and {len(dashboards)} dashboards connected", flush=True)
+
+        stop_at = time.monotonic() + scenario.warmup + scenario.duration
+        senders = [asyncio.create_task(_send_window(d, scenario.window, stop_at)) for d in devices] if scenario.window else [
+            asyncio.create_task(_send_rate(d, scenario.devices / scenario.rate, stop_at, rng)) for d in devices
+        ]
+        await asyncio.sleep(scenario.warmup)
+        for dashboard in dashboards:
+            dashboard.latency_ns.clear()
+        tally.ack_latency_ns.clear()
+        cpu_start = cpu_seconds(pid) if pid else None
+        acked_start, delivered_start, started = tally.acked, _delivered(dashboards), time.monotonic()
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(1)
+            elapsed = time.monotonic() - started
+            print(
+                f"[{label}] {elapsed:5.1f}s acknowledged {tally.acked - acked_start:>8} "
+                f"({(tally.acked - acked_start) / elapsed:>8.0f}/s) delivered {_delivered(dashboards) - delivered_start:>8}",
+                flush=True,
+            )
+        elapsed = time.monotonic() - started
+        cpu_used = cpu_seconds(pid) - cpu_start if pid else None
+        acked_window = tally.acked - acked_start
+        delivered_window = _delivered(dashboards) - delivered_start
+        await asyncio.gather(*senders)
+        await _drain(tally, dashboards, timeout=10)
+        rss_end = rss_bytes(pid) if pid else None
+
+        alerts_received: Counter[str] = Counter()
+        for dashboard in dashboards:
+            alerts_received.update(dashboard.alerts)
+        delivered = _delivered(dashboards)
+        latencies = [sample for dashboard in dashboards for sample in dashboard.latency_ns]
+        seconds = sorted(set(tally.acked_per_second) | {s for d in dashboards for s in d.delivered_per_second})
+        timeline = [
+            (second - seconds[0], tally.acked_per_second[second], sum(d.delivered_per_second[second] for d in dashboards))
+            for second in seconds
+        ]
+        await asyncio.gather(*(member.client.close() for member in (*devices, *dashboards)))
+    connections = scenario.devices + scenario.dashboards
+    return Result(
+        server=label,
+        scenario=scenario,
+        acked_per_second=round(acked_window / elapsed, 1),
+        delivered_per_second=round(delivered_window / elapsed, 1),
+        server_cpu_us_per_message=round(cpu_used / acked_window * 1e6, 2) if cpu_used is not None and acked_window else None,
+        server_cpu_share=round(cpu_used / elapsed, 3) if cpu_used is not None else None,
+        latency_ms=percentiles(latencies),
+        ack_latency_ms=percentiles(tally.ack_latency_ns),
+        sent=tally.sent,
+        acknowledged=tally.acked,
+        refused=tally.failed,
+        unacknowledged=tally.sent - tally.acked - tally.failed,
+        delivered=delivered,
+        lost=max(0, tally.acked - delivered),
+        duplicated=sum(d.duplicates for d in dashboards),
+        out_of_order=sum(d.out_of_order for d in dashboards),
+        alerts_expected=dict(tally.alerts_sent),
+        alerts_received=dict(alerts_received),
+        server_rss_mib=round(rss_end / 2**20, 1) if rss_end else None,
+        memory_per_connection_kib=(
+            round((rss_connected - rss_before) / connections / 1024, 2) if rss_before is not None and rss_connected else None
+        ),
+        timeline=timeline,
+    )
+
+
+def _delivered(dashboards: list[Dashboard]) -> int:
+    return sum(dashboard.delivered for dashboard in dashboards)
+
+
+async def _send_window(device: Device, window: int, stop_at: float) -> None:
+    """Keep ``window`` messages in flight until ``stop_at``."""
+    done = asyncio.get_running_loop().create_future()
+
+    def next_message() -> None:
+        if time.monotonic() < stop_at:
+            device.send(next_message)
+        elif device.in_flight == 0 and not done.done():
+            done.set_result(None)
+
+    for _ in range(window):
+        device.send(next_message)
+    try:
+        await asyncio.wait_for(done, stop_at - time.monotonic() + 10)
+    except TimeoutError:
+        pass
+
+
+async def _send_rate(device: Device, period: float, stop_at: float, rng: random.Random) -> None:
+    """One message every ``period`` seconds, on a random phase, until ``stop_at``."""
+    next_at = time.monotonic() + rng.uniform(0, period)
+    while True:
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if time.monotonic() >= stop_at:
+            return
+        device.send()
+        next_at += period
+
+
+async def _drain(tally: Tally, dashboards: list[Dashboard], timeout: float) -> None:
+    """Wait, bounded, until every sent message is answered and every acknowledged one delivered."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tally.acked + tally.failed >= tally.sent and _delivered(dashboards) >= tally.acked:
+            return
+        await asyncio.sleep(0.1)
+
+
+def run(
+    scenario: Scenario,
+    servers: list[str],
+    out_dir: Path,
+    *,
+    pin: bool = True,
+    pid: int | None = None,
+    server_env: dict[str, str] | None = None,
+) -> list[Result]:
+    """Benchmark each server in turn (``iothub``, ``baseline`` or a URL); write the JSON and the chart."""
+    from . import benchreport
+    from .loop import new_event_loop
+
+    cores = sorted(os.sched_getaffinity(0))
+    results = []
+    for server in servers:
+        started = None if server.startswith("http") else ServerProcess(server, _free_port(), server_env or {})
+        url, server_pid = (server, pid) if started is None else (started.url, started.pid)
+        if pin and len(cores) > 1 and server_pid:
+            os.sched_setaffinity(server_pid, {cores[0]})
+            os.sched_setaffinity(0, set(cores[1:]))
+        try:
+            loop = new_event_loop()
+            try:
+                results.append(loop.run_until_complete(drive(scenario, url, server_pid, server)))
+            finally:
+                loop.close()
+        finally:
+            if started is not None:
+                started.stop()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(benchreport.table(results))
+    benchreport.write_json(results, stem.with_suffix(".json"))
+    print(f"wrote {stem.with_suffix('.json')}")
+    if benchreport.write_chart(results, stem.with_suffix(".png")):
+        print(f"wrote {stem.with_suffix('.png')}")
+    else:
+        print("no chart: install matplotlib (pip install -e '.[bench]')")
+    return results
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -1,0 +1,81 @@
+"""The fleet benchmark's outputs: a table on stdout, a JSON file and a PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from .benchmark import Result
+
+
+def table(results: list[Result]) -> str:
+    rows = [
+        ("acknowledged msg/s", lambda r: f"{r.acked_per_second:,.0f}"),
+        ("delivered msg/s", lambda r: f"{r.delivered_per_second:,.0f}"),
+        ("server CPU µs/msg", lambda r: _maybe(r.server_cpu_us_per_message, "{:.1f}")),
+        ("server CPU share", lambda r: _maybe(r.server_cpu_share, "{:.0%}")),
+        ("latency p50 / p99 / max ms", lambda r: "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**r.latency_ms)),
+        ("ack latency p50 / p99 ms", lambda r: "{p50:.1f} / {p99:.1f}".format(**r.ack_latency_ms)),
+        ("sent / acknowledged / refused", lambda r: f"{r.sent} / {r.acknowledged} / {r.refused}"),
+        ("unacknowledged at end", lambda r: str(r.unacknowledged)),
+        ("lost / duplicated / out of order", lambda r: f"{r.lost} / {r.duplicated} / {r.out_of_order}"),
+        ("alerts expected / received", lambda r: f"{sum(r.alerts_expected.values())} / {sum(r.alerts_received.values())}"),
+        ("server RSS MiB", lambda r: _maybe(r.server_rss_mib, "{:.1f}")),
+        ("memory per connection KiB", lambda r: _maybe(r.memory_per_connection_kib, "{:.1f}")),
+    ]
+    if len(results) == 2 and all(r.server_cpu_us_per_message for r in results):
+        ratio = results[1].server_cpu_us_per_message / results[0].server_cpu_us_per_message
+        rows.append((f"CPU per message, {results[1].server} / {results[0].server}", lambda r, x=ratio: f"{x:.2f}×" if r is results[0] else ""))
+    header = ["", *(r.server for r in results)]
+    lines = [[label, *(cell(r) for r in results)] for label, cell in rows]
+    widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
+    render = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    scenario = results[0].scenario
+    title = (
+        f"scenario {scenario.name}: {scenario.devices} devices, {scenario.dashboards} dashboards, "
+        + (f"{scenario.window} in flight per device" if scenario.window else f"{scenario.rate:g} msg/s in all")
+        + f", {scenario.duration:g} s measured"
+    )
+    return "\n".join([title, render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(render, lines)])
+
+
+def _maybe(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def write_json(results: list[Result], path: Path) -> None:
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(results)))
+
+
+def write_chart(results: list[Result], path: Path) -> bool:
+    """Throughput over time and the latency distribution; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for result in results:
+        seconds = [second for second, _, _ in result.timeline]
+        throughput.plot(seconds, [acked for _, acked, _ in result.timeline], label=f"{result.server} acknowledged")
+        throughput.plot(seconds, [delivered for _, _, delivered in result.timeline], linestyle="--", label=f"{result.server} delivered")
+        quantiles = result.latency_ms
+        latency.bar(
+            [f"{result.server}\np50", f"{result.server}\np99", f"{result.server}\nmax"],
+            [quantiles["p50"], quantiles["p99"], quantiles["max"]],
+        )
+    throughput.set_xlabel("seconds")
+    throughput.set_ylabel("messages per second")
+    throughput.set_title("throughput over time")
+    throughput.legend(fontsize="small")
+    latency.set_yscale("log")
+    latency.set_ylabel("device → dashboard latency, ms (log)")
+    latency.set_title("latency distribution")
+    figure.suptitle(f"iothub bench — {results[0].scenario.name}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

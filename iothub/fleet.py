@@ -1,0 +1,213 @@
+"""Simulated devices and dashboards: the load ``iothub bench`` and ``iothub simulate`` put on a server.
+
+A :class:`Device` behaves like the seed's example device (register, heartbeat,
+plausible telemetry, an alert now and then) and stamps each message with a
+sequence number and its send time. A :class:`Dashboard` subscribes to one
+owner and checks what arrives: latency, losses, duplicates, order, alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from .wire import WireClient
+
+#: What an alerting message sets, by code; one in ``ALERT_SHARE`` messages carries one.
+ALERT_READINGS: dict[str, dict[str, float]] = {
+    "LOW_BATTERY": {"batteryVoltage": 11.4},
+    "HIGH_RPM": {"engineRpm": 4800},
+    "DTC_DETECTED": {"dtc": 1},
+    "CRASH_DETECTED": {"crashDetection": 1},
+}
+ALERT_SHARE = 0.11
+ALERT_EVENTS = ("vehicle_alert", "crash_detected", "health_warning")
+
+
+def owner_of(index: int, owners: int) -> str:
+    return f"owner{index % owners}@fleet.example"
+
+
+def imei_of(index: int) -> str:
+    return f"{350000000000000 + index:015d}"
+
+
+class Tally:
+    """What one side of the fleet counted, summed over all its members."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acked = 0
+        self.failed = 0
+        self.alerts_sent: Counter[str] = Counter()
+        self.ack_latency_ns: list[int] = []
+        self.acked_per_second: Counter[int] = Counter()
+
+
+class Device:
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, index: int, owners: int, tally: Tally, rng: random.Random
+    ) -> None:
+        self.imei = imei_of(index)
+        self.owner = owner_of(index, owners)
+        self.client = WireClient(session, url)
+        self.tally = tally
+        self.rng = rng
+        self.seq = 0
+        self.in_flight = 0
+        self.speed = rng.uniform(0, 120)
+        self.position = [40.7128 + rng.uniform(-0.05, 0.05), -74.0060 + rng.uniform(-0.05, 0.05)]
+
+    async def start(self, auth: dict[str, Any] | None = None) -> None:
+        await self.client.connect(auth)
+        reply = await self.client.call("register_device", {"imei": self.imei, "userEmail": self.owner})
+        if not reply.get("success"):
+            raise ConnectionError(f"register_device {self.imei} refused: {reply}")
+
+    def reading(self) -> dict[str, Any]:
+        """Plausible telemetry, inside every default threshold but when one is crossed on purpose."""
+        rng = self.rng
+        self.speed = min(150.0, max(0.0, self.speed + rng.uniform(-5, 5)))
+        self.position[0] += rng.uniform(-0.0005, 0.0005)
+        self.position[1] += rng.uniform(-0.0005, 0.0005)
+        data: dict[str, Any] = {
+            "engineRpm": round(800 + self.speed * 18 + rng.uniform(-100, 100)),
+            "speed": round(self.speed, 1),
+            "fuelLevel": round(rng.uniform(10, 100), 1),
+            "batteryVoltage": round(rng.uniform(12.2, 14.4), 2),
+            "crashDetection": 0,
+            "dtc": 0,
+            "position": {"latitude": round(self.position[0], 6), "longitude": round(self.position[1], 6)},
+        }
+        if rng.random() < ALERT_SHARE:
+            code = rng.choice(tuple(ALERT_READINGS))
+            data.update(ALERT_READINGS[code])
+            self.tally.alerts_sent[code] += 1
+        return data
+
+    def send(self, on_ack: Callable[[], None] | None = None) -> None:
+        """One telemetry message, acknowledged; its data carries ``seq`` and ``sentNs``."""
+        data = self.reading()
+        sent_ns = time.time_ns()
+        data["seq"] = self.seq
+        data["sentNs"] = sent_ns
+        self.seq += 1
+        self.in_flight += 1
+        self.tally.sent += 1
+
+        def acknowledged(reply: Any) -> None:
+            self.in_flight -= 1
+            now = time.time_ns()
+            if isinstance(reply, dict) and reply.get("success"):
+                self.tally.acked += 1
+                self.tally.ack_latency_ns.append(now - sent_ns)
+                self.tally.acked_per_second[now // 1_000_000_000] += 1
+            else:
+                self.tally.failed += 1
+            if on_ack is not None:
+                on_ack()
+
+        self.client.emit("telemetry_data", {"imei": self.imei, "timestamp": sent_ns // 1_000_000, "data": data}, acknowledged)
+
+    def heartbeat(self) -> None:
+        self.client.emit("heartbeat", {"imei": self.imei})
+
+
+class Dashboard:
+    def __init__(self, session: aiohttp.ClientSession, url: str, email: str) -> None:
+        self.email = email
+        self.client = WireClient(session, url, self._on_event)
+        self.latency_ns: list[int] = []
+        self.delivered_per_second: Counter[int] = Counter()
+        self.alerts: Counter[str] = Counter()
+        self.seen: dict[str, set[int]] = {}
+        self.last_seq: dict[str, int] = {}
+        self.duplicates = 0
+        self.out_of_order = 0
+
+    async def start(self, auth: dict[str, Any] | None = None) -> None:
+        await self.client.connect(auth)
+        reply = await self.client.call("subscribe_user", {"email": self.email})
+        if not reply.get("success"):
+            raise ConnectionError(f"subscribe_user {self.email} refused: {reply}")
+
+    @property
+    def delivered(self) -> int:
+        return sum(len(seqs) for seqs in self.seen.values())
+
+    def _on_event(self, event: str, payload: Any) -> None:
+        if event == "telemetry_update":
+            now = time.time_ns()
+            data = payload["data"]
+            imei = payload["imei"]
+            seq = data.get("seq")
+            sent_ns = data.get("sentNs")
+            if seq is None or sent_ns is None:
+                return
+            self.latency_ns.append(now - sent_ns)
+            self.delivered_per_second[now // 1_000_000_000] += 1
+            seen = self.seen.setdefault(imei, set())
+            if seq in seen:
+                self.duplicates += 1
+            seen.add(seq)
+            if seq < self.last_seq.get(imei, -1):
+                self.out_of_order += 1
+            else:
+                self.last_seq[imei] = seq
+        elif event in ALERT_EVENTS:
+            self.alerts[payload["alert"]["code"]] += 1
+
+
+async def start_all(members: list[Any], concurrency: int, auth: dict[str, Any] | None = None) -> None:
+    """Connect members a bounded number at a time, so a big fleet does not stampede the server."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def start(member: Any) -> None:
+        async with gate:
+            await member.start(auth)
+
+    await asyncio.gather(*(start(member) for member in members))
+
+
+async def simulate(url: str, devices: int, rate: float, duration: float | None, token: str | None = None) -> None:
+    """``iothub simulate``: a fleet sending ``rate`` messages a second in all, until stopped."""
+    rng = random.Random()
+    tally = Tally()
+    auth = {"token": token} if token else None
+    owners = max(1, devices // 10)
+    async with aiohttp.ClientSession() as session:
+        fleet = [Device(session, url, index, owners, tally, rng) for index in range(devices)]
+        await start_all(fleet, 100, auth)
+        print(f"{devices} devices registered on {url}; owners owner0..owner{owners - 1}@fleet.example", flush=True)
+        period = devices / rate
+        started = time.monotonic()
+        heartbeat_at = started + 30
+
+        async def run(device: Device) -> None:
+            await asyncio.sleep(rng.uniform(0, period))
+            while duration is None or time.monotonic() - started < duration:
+                device.send()
+                await asyncio.sleep(period)
+
+        async def report() -> None:
+            nonlocal heartbeat_at
+            while True:
+                await asyncio.sleep(5)
+                if time.monotonic() >= heartbeat_at:
+                    for device in fleet:
+                        device.heartbeat()
+                    heartbeat_at += 30
+                print(f"sent {tally.sent}, acknowledged {tally.acked}, refused {tally.failed}, alerts {sum(tally.alerts_sent.values())}", flush=True)
+
+        reporter = asyncio.create_task(report())
+        try:
+            await asyncio.gather(*(run(device) for device in fleet))
+        finally:
+            reporter.cancel()
+            await asyncio.gather(*(device.client.close() for device in fleet))
