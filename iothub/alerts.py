@@ -38,9 +38,6 @@ class AlertEngine:
         readings = readings_type(tuple(rule.field for rule in self.rules))
         self._decode_readings = msgspec.json.Decoder(readings).decode
         fields = readings.__struct_fields__
-        unknown = [rule.code for rule in self.rules if rule.field == "position"]
-        if unknown:
-            raise ValueError(f"rules {unknown} watch 'position', which is not a number")
         slots = [fields.index(rule.field) for rule in self.rules]
         if evaluator == "compiled" and CompiledEvaluator is None:
             log.warning("iothub._alerts is not built; alerts use the slower reference evaluator")

@@ -40,6 +40,10 @@ class AlertRule(Struct, frozen=True, forbid_unknown_fields=True):
     #: The event the alert goes out as; derived from code and level when absent.
     event: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")] | None = None
 
+    def __post_init__(self) -> None:
+        if self.field == "position":
+            raise ValueError("'position' is not a number; a rule watches a numeric field")
+
     @property
     def event_name(self) -> str:
         if self.event is not None:
@@ -75,10 +79,13 @@ def merge_rules(overrides: Sequence[dict[str, Any]], base: Sequence[AlertRule] =
             rules.pop(code, None)
             continue
         rules[code] = {**rules.get(code, {}), **fields}
-    try:
-        return tuple(msgspec.convert(fields, AlertRule) for fields in rules.values())
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid alert rule: {exc}") from None
+    merged = []
+    for code, fields in rules.items():
+        try:
+            merged.append(msgspec.convert(fields, AlertRule))
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid alert rule {code!r}: {exc}") from None
+    return tuple(merged)
 
 
 def evaluate_reference(rules: Sequence[AlertRule], slots: Sequence[int], values: tuple[Any, ...]) -> tuple[int, ...]:
@@ -91,5 +98,5 @@ def evaluate_reference(rules: Sequence[AlertRule], slots: Sequence[int], values:
     return tuple(
         index
         for index, (rule, slot) in enumerate(zip(rules, slots, strict=True))
-        if values[slot] is not None and _PY_OPERATORS[rule.op](float(values[slot]), rule.threshold)
+        if values[slot] is not None and _PY_OPERATORS[rule.op](float(values[slot]), float(rule.threshold))
     )

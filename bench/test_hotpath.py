@@ -1,0 +1,108 @@
+"""Micro-benchmarks of the per-message path: decode + alert rules, packets, one fan-out.
+
+Run with ``make bench`` (``pytest bench --benchmark-only``). The json+dicts
+case is the plain way to do the same work, measured in the same run so the
+ratio means something on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from iothub.alerts import AlertEngine
+from iothub.packets import EventPacket, event_text
+from iothub.protocol import TelemetryData, TelemetryUpdate, decode_event, encode
+from iothub.store.memory import MemoryStore
+from iothub.supervisor import Supervisor
+from iothub.transport import FramedPacket
+from iothub.writebehind import WriteBehind
+
+TELEMETRY = (
+    '["telemetry_data",{"imei":"123456789012345","timestamp":1703123456789,"data":{"engineRpm":2500,'
+    '"speed":65,"fuelLevel":75,"batteryVoltage":12.5,"crashDetection":0,"dtc":0,'
+    '"position":{"latitude":40.7128,"longitude":-74.006}}}]'
+)
+
+
+def json_and_dicts(text: str) -> list[str]:
+    """The plain hot path: stdlib json, dict look-ups and isinstance checks."""
+    event, payload = json.loads(text)
+    imei = payload.get("imei")
+    if not isinstance(imei, str) or len(imei) != 15 or not imei.isdigit():
+        raise ValueError("imei")
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise ValueError("data")
+    for name in ("engineRpm", "speed", "fuelLevel", "batteryVoltage", "crashDetection", "dtc"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, (int, float)):
+            raise ValueError(name)
+    position = data.get("position")
+    if position is not None and not (-90 <= position["latitude"] <= 90 and -180 <= position["longitude"] <= 180):
+        raise ValueError("position")
+    fired = []
+    if (v := data.get("crashDetection")) is not None and v > 0:
+        fired.append("CRASH_DETECTED")
+    if (v := data.get("batteryVoltage")) is not None and v < 12.0:
+        fired.append("LOW_BATTERY")
+    if (v := data.get("engineRpm")) is not None and v > 4000:
+        fired.append("HIGH_RPM")
+    if (v := data.get("dtc")) is not None and v > 0:
+        fired.append("DTC_DETECTED")
+    return fired
+
+
+@pytest.mark.parametrize("kind", ["compiled", "reference"])
+def test_hot_path(benchmark, kind: str) -> None:
+    """Decode a telemetry_data event and evaluate the rules: the per-message core."""
+    engine = AlertEngine(evaluator=kind)
+
+    def hot_path() -> tuple[int, ...]:
+        return engine.check(decode_event(TELEMETRY).payload.data)
+
+    assert benchmark(hot_path) == ()
+
+
+def test_hot_path_json_and_dicts(benchmark) -> None:
+    assert benchmark(json_and_dicts, TELEMETRY) == []
+
+
+def test_packet_decode(benchmark) -> None:
+    """A Socket.IO EVENT packet with an ack id, as the gateway receives it."""
+    packet = benchmark(lambda: EventPacket(encoded_packet="2" + "17" + TELEMETRY))
+    assert packet.id == 17
+
+
+def test_packet_encode(benchmark) -> None:
+    """A telemetry_update packet and its WebSocket frame, built once per message."""
+    update = TelemetryUpdate(imei="123456789012345", timestamp=1, data=msgspec.Raw(b'{"speed":65}'))
+    frame = benchmark(lambda: FramedPacket(4, event_text("telemetry_update", encode(update))).frame())
+    assert frame.endswith(b'"data":{"speed":65}}]')
+
+
+class CountingOutbox:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, sids, event, payload) -> int:
+        self.sent += len(sids)
+        return len(sids)
+
+
+async def test_fan_out(benchmark) -> None:
+    """One telemetry message through the supervisor to an owner with ten dashboards."""
+    store = MemoryStore()
+    outbox = CountingOutbox()
+    supervisor = Supervisor(AlertEngine(), store, outbox, WriteBehind(store))
+    supervisor.connect("device")
+    await supervisor.register("device", "123456789012345", "owner@example.com")
+    for index in range(10):
+        supervisor.connect(f"dashboard{index}")
+        await supervisor.subscribe(f"dashboard{index}", "owner@example.com")
+    message = decode_event(TELEMETRY).payload
+    assert isinstance(message, TelemetryData)
+    benchmark(supervisor.telemetry, "device", message)
+    assert outbox.sent >= 10
