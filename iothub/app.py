@@ -2,6 +2,11 @@
 
 settings → store, alert engine, write-behind, gateway (Socket.IO) and
 supervisor, plus the REST routes, all on one aiohttp application and one port.
+
+Shutdown (SIGTERM/SIGINT, through aiohttp): the listener closes, telemetry is
+refused, the write-behind writes everything it took (waiting at most
+IOTHUB_SHUTDOWN_TIMEOUT_MS for a failing store), the sockets close, and last
+the store.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import rest
+from . import history, rest
 from .alerts import AlertEngine
 from .auth import Authenticator
 from .config import Settings
 from .gateway import Gateway
 from .store import Store
-from .store.memory import MemoryStore
+from .store.factory import create_store
 from .supervisor import Supervisor
 from .writebehind import WriteBehind
 
@@ -30,20 +35,27 @@ log = logging.getLogger(__name__)
 class Hub:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store: Store = store if store is not None else MemoryStore()
+        self.store: Store = store if store is not None else create_store(settings)
         self.authenticator = Authenticator(settings.jwt_secret, production=settings.production)
         self.engine = AlertEngine(settings.rules, settings.evaluator)
-        self.writer = WriteBehind(self.store)
+        self.writer = WriteBehind(
+            self.store,
+            capacity=settings.buffer_rows,
+            batch_rows=settings.batch_rows,
+            flush_interval=settings.flush_interval_ms / 1000,
+        )
         self.gateway = Gateway(settings, self.authenticator)
         self.supervisor = Supervisor(
             self.engine,
-            self.store,
+            self.writer,
             self.gateway,
             self.writer,
             heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
             alert_cooldown_ms=settings.alert_cooldown_ms,
         )
-        self.gateway.bind(self.supervisor)
+        self.gateway.bind(self.supervisor, self.writer if settings.durable_ack else None)
+        #: Rows the store had not taken when the server stopped.
+        self.lost = 0
         self._started = time.monotonic()
 
     @property
@@ -58,7 +70,9 @@ class Hub:
         app[rest.HUB] = self
         self.gateway.attach(app)
         rest.add_routes(app)
+        history.add_routes(app)
         app.cleanup_ctx.append(self._lifespan)
+        app.on_shutdown.append(self._shutdown)
         return app
 
     def describe(self) -> str:
@@ -78,8 +92,16 @@ class Hub:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
-        await self.writer.close()
+        await self._flush()
         await self.store.close()
+
+    async def _shutdown(self, app: web.Application) -> None:
+        """Before aiohttp waits for the connections: write what was taken, then close the sockets."""
+        await self._flush()
+        await self.gateway.close_connections()
+
+    async def _flush(self) -> None:
+        self.lost = await self.writer.close(self.settings.shutdown_timeout_ms / 1000)
 
     async def _sweep_forever(self) -> None:
         interval = self.settings.cleanup_interval_ms / 1000

@@ -112,7 +112,7 @@ def serve(overrides: dict[str, str | None]) -> int:
         loop=new_event_loop(),
         access_log=None,
     )
-    return 0
+    return 1 if hub.lost else 0  # rows the store never took: say so to whatever restarts the server
 
 
 def bench(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from .rules import DEFAULT_RULES, AlertRule, merge_rules
 
 Environment = Literal["development", "production"]
 Evaluator = Literal["compiled", "reference"]
+StoreKind = Literal["auto", "sqlite", "mongodb", "memory"]
 
 #: Secrets that appear in examples and so protect nothing.
 WEAK_SECRETS = frozenset({"your_jwt_secret", "secret", "changeme", "jwt_secret", "development", DEVELOPMENT_SECRET})
@@ -47,11 +48,25 @@ class Settings(Struct, frozen=True, kw_only=True):
     rate_burst: float = 0.0
     ws_compression: bool = False
     evaluator: Evaluator = "compiled"
+    store: StoreKind = "auto"
+    db_path: str = "data/iothub.db"
+    mongodb_uri: str | None = None
+    durable_ack: bool = False
+    buffer_rows: int = 500_000
+    batch_rows: int = 1000
+    flush_interval_ms: int = 50
+    history_retention_days: int = 0
+    shutdown_timeout_ms: int = 10_000
     rules: tuple[AlertRule, ...] = field(default=DEFAULT_RULES)
 
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def burst(self) -> float:
+        """Events a socket may send at once: IOTHUB_RATE_BURST, else two seconds' worth (at least one)."""
+        return self.rate_burst or max(1.0, 2 * self.rate_limit)
 
     @property
     def cors_origins(self) -> list[str] | str:
@@ -80,11 +95,18 @@ class Settings(Struct, frozen=True, kw_only=True):
     def _checked(self) -> Settings:
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be 1..65535, not {self.port}")
-        for name in ("heartbeat_timeout_ms", "cleanup_interval_ms", "max_payload_bytes"):
+        positive = ("heartbeat_timeout_ms", "cleanup_interval_ms", "max_payload_bytes", "buffer_rows", "batch_rows",
+                    "flush_interval_ms", "shutdown_timeout_ms")
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENVIRONMENT[name]} must be positive")
-        if self.rate_limit < 0 or self.rate_burst < 0 or self.alert_cooldown_ms < 0:
-            raise ConfigError("rate limits and the alert cooldown cannot be negative")
+        for name in ("rate_limit", "rate_burst", "alert_cooldown_ms", "history_retention_days"):
+            if not getattr(self, name) >= 0:  # NaN included
+                raise ConfigError(f"{ENVIRONMENT[name]} must be a number, 0 or more")
+        if self.batch_rows > self.buffer_rows:
+            raise ConfigError("IOTHUB_BATCH_ROWS cannot be more than IOTHUB_BUFFER_ROWS")
+        if self.store == "mongodb" and not self.mongodb_uri:
+            raise ConfigError("IOTHUB_STORE=mongodb needs MONGODB_URI")
         if self.production:
             secret = self.jwt_secret or ""
             if len(secret) < MIN_SECRET_LENGTH or secret.lower() in WEAK_SECRETS:
@@ -113,6 +135,15 @@ ENVIRONMENT: dict[str, str] = {
     "rate_burst": "IOTHUB_RATE_BURST",
     "ws_compression": "IOTHUB_WS_COMPRESSION",
     "evaluator": "IOTHUB_EVALUATOR",
+    "store": "IOTHUB_STORE",
+    "db_path": "IOTHUB_DB_PATH",
+    "mongodb_uri": "MONGODB_URI",
+    "durable_ack": "IOTHUB_DURABLE_ACK",
+    "buffer_rows": "IOTHUB_BUFFER_ROWS",
+    "batch_rows": "IOTHUB_BATCH_ROWS",
+    "flush_interval_ms": "IOTHUB_FLUSH_INTERVAL_MS",
+    "history_retention_days": "IOTHUB_HISTORY_RETENTION_DAYS",
+    "shutdown_timeout_ms": "IOTHUB_SHUTDOWN_TIMEOUT_MS",
 }
 
 

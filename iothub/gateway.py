@@ -8,14 +8,21 @@ acknowledgement when the client asked for one, else as the reply event.
 
 Packets to sockets are queued on Engine.IO's per-socket queue directly: one
 encoded text for every recipient, no task and no await per socket.
+
+With durable acknowledgements, the reply to ``telemetry_data`` (and to a
+``register_device`` that sets an owner) waits for the commit of the batch that
+holds its rows: a callback on that batch's future sends it, so the event's
+handler still returns at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 import socketio
 from engineio import packet as eio_packet
@@ -38,6 +45,7 @@ from .protocol import (
 from .ratelimit import TokenBucket
 from .supervisor import Supervisor
 from .transport import FramedPacket, websocket_class
+from .writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,14 @@ NAMESPACE = "/"
 TRANSPORT_SLACK_BYTES = 1024 * 1024
 TELEMETRY_PROCESSED = encode(TelemetryProcessed())
 INTERNAL_FAILURE = Failure(code=ErrorCode.INTERNAL, message="internal error")
+NOT_STORED = Failure(code=ErrorCode.STORE_UNAVAILABLE, message="the server stopped before it could store this; send it again")
+
+
+class Deferred(NamedTuple):
+    """A reply held back until the rows of its event are committed."""
+
+    payload: bytes
+    committed: asyncio.Future[None]
 
 
 class Session:
@@ -75,12 +91,20 @@ class Gateway(socketio.AsyncServer):
         self.settings = settings
         self.authenticator = authenticator
         self.supervisor: Supervisor | None = None
+        self.durable: WriteBehind | None = None
         self._sessions: dict[str, Session] = {}
         self.on("connect", self._on_connect)
         self.on("disconnect", self._on_disconnect)
 
-    def bind(self, supervisor: Supervisor) -> None:
+    def bind(self, supervisor: Supervisor, durable: WriteBehind | None = None) -> None:
+        """``durable``: the write-behind whose commits replies wait for (durable acknowledgements)."""
         self.supervisor = supervisor
+        self.durable = durable
+
+    async def close_connections(self) -> None:
+        """Close every socket's transport; clients reconnect, to the next server, on their own."""
+        if self.eio.sockets:
+            await self.eio.disconnect()
 
     # ------------------------------------------------------------------ Outbox
 
@@ -112,7 +136,7 @@ class Gateway(socketio.AsyncServer):
         except ProtocolError as error:
             raise socketio.exceptions.ConnectionRefusedError(error.message, {"code": error.code}) from None
         rate = self.settings.rate_limit
-        budget = TokenBucket(rate, self.settings.rate_burst or 2 * rate, time.monotonic()) if rate else None
+        budget = TokenBucket(rate, self.settings.burst, time.monotonic()) if rate else None
         self._sessions[sid] = Session(principal, budget)
         self.supervisor.connect(sid)
 
@@ -135,13 +159,30 @@ class Gateway(socketio.AsyncServer):
         except Exception:
             log.exception("event from socket %s failed", sid)
             reply_event, reply = "error", encode(INTERNAL_FAILURE)
-        if id is not None:
-            self._send_text(eio_sid, ack_text(id, reply))
-        elif reply_event is not None:
-            self._send_text(eio_sid, event_text(reply_event, reply))
+        if isinstance(reply, Deferred):
+            reply.committed.add_done_callback(functools.partial(self._reply_committed, eio_sid, id, reply_event, reply.payload))
+        else:
+            self._reply(eio_sid, id, reply_event, reply)
 
-    async def _dispatch(self, sid: str, session: Session, data: Any) -> tuple[str | None, bytes]:
-        """Run one event; return the reply event's name and its encoded payload."""
+    def _reply(self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes) -> None:
+        if ack_id is not None:
+            self._send_text(eio_sid, ack_text(ack_id, payload))
+        elif reply_event is not None:
+            self._send_text(eio_sid, event_text(reply_event, payload))
+
+    def _reply_committed(
+        self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes, committed: asyncio.Future[None]
+    ) -> None:
+        if committed.cancelled() or committed.exception() is not None:
+            reply_event, payload = "error", encode(NOT_STORED)
+        self._reply(eio_sid, ack_id, reply_event, payload)
+
+    def _when_committed(self, payload: bytes) -> bytes | Deferred:
+        """The reply as it is, or held back until what the event wrote is committed."""
+        return payload if self.durable is None else Deferred(payload, self.durable.committed())
+
+    async def _dispatch(self, sid: str, session: Session, data: Any) -> tuple[str | None, bytes | Deferred]:
+        """Run one event; return the reply event's name and its encoded payload (or the promise of it)."""
         if session.budget is not None and not session.budget.take(time.monotonic()):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "too many events: slow down")
         if not isinstance(data, str):
@@ -155,14 +196,14 @@ class Gateway(socketio.AsyncServer):
         match event:
             case TelemetryDataEvent(payload=message):
                 supervisor.telemetry(sid, message)
-                return event.reply_event, TELEMETRY_PROCESSED
+                return event.reply_event, self._when_committed(TELEMETRY_PROCESSED)
             case HeartbeatEvent(payload=message):
                 return event.reply_event, encode(supervisor.heartbeat(sid, message.imei))
             case RegisterDeviceEvent(payload=message):
                 if not principal.may_register(message.imei):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not register {message.imei}")
-                reply = await supervisor.register(sid, message.imei, message.userEmail)
-                return event.reply_event, encode(reply)
+                reply = encode(await supervisor.register(sid, message.imei, message.userEmail))
+                return event.reply_event, reply if message.userEmail is None else self._when_committed(reply)
             case SubscribeUserEvent(payload=message):
                 if not principal.may_subscribe(message.email):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not subscribe to {message.email}")

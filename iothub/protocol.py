@@ -17,12 +17,17 @@ from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 from .errors import ErrorCode, ProtocolError
 
-IMEI_PATTERN = r"^[0-9]{15}$"
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# \Z, not $: Python's $ also matches before a trailing newline.
+IMEI_PATTERN = r"^[0-9]{15}\Z"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z"
 
 Imei = Annotated[str, Meta(pattern=IMEI_PATTERN, description="15 decimal digits")]
+#: An imei that must already be registered. Only its length is checked while
+#: decoding (a regex costs more than the rest of the decode): a malformed one
+#: cannot be registered, and :func:`is_imei` names the error when the look-up misses.
+RegisteredImei = Annotated[str, Meta(min_length=15, max_length=15, description="15 decimal digits")]
 Email = Annotated[str, Meta(pattern=EMAIL_PATTERN, max_length=254)]
-Millis = Annotated[int, Meta(ge=0, description="milliseconds since the epoch")]
+Millis = Annotated[int, Meta(ge=0, le=2**63 - 1, description="milliseconds since the epoch")]  # fits a store's int64
 Latitude = Annotated[float, Meta(ge=-90, le=90)]
 Longitude = Annotated[float, Meta(ge=-180, le=180)]
 EventName = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -46,13 +51,13 @@ class RegisterDevice(Struct, frozen=True):
 
 
 class TelemetryData(Struct, frozen=True):
-    imei: Imei
+    imei: RegisteredImei
     data: Raw
     timestamp: Millis | None = None
 
 
 class Heartbeat(Struct, frozen=True):
-    imei: Imei
+    imei: RegisteredImei
 
 
 class SubscribeUser(Struct, frozen=True):
@@ -192,6 +197,10 @@ def validation_error(reason: str, within: str = "") -> ProtocolError:
     if detail.startswith("Expected `object`") and not path:
         return ProtocolError(ErrorCode.INVALID_PAYLOAD, "payload must be an object")
     return ProtocolError(ErrorCode.INVALID_PAYLOAD, f"{path}: {detail}" if path else detail)
+
+
+def is_imei(text: str) -> bool:
+    return len(text) == 15 and text.isascii() and text.isdigit()
 
 
 # --------------------------------------------------------------------------- server → client

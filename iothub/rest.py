@@ -73,14 +73,22 @@ def admin(request: web.Request) -> Principal:
 
 
 async def health(request: web.Request) -> web.Response:
+    """``OK``, or ``DEGRADED`` with the store's name and backlog while the store fails.
+
+    Still 200 when degraded: the server serves, and its backlog is in memory —
+    a balancer must not take it out of service for that.
+    """
     hub = request.app[HUB]
+    degraded = hub.writer.degraded
     body = {
-        "status": "OK",
+        "status": "DEGRADED" if degraded else "OK",
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "uptime": round(hub.uptime, 3),
         "connectedDevices": hub.supervisor.device_count,
         "connectedUsers": len(hub.supervisor.users()),
     }
+    if degraded:
+        body.update(store=hub.store.name, backlog=hub.writer.backlog)
     return web.Response(body=encode(body), content_type="application/json")
 
 

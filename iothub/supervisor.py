@@ -32,8 +32,9 @@ from .protocol import (
     UserSubscribed,
     UserUnsubscribed,
     encode,
+    is_imei,
 )
-from .store import AlertRecord, Store, TelemetryRecord
+from .store import AlertRecord, Registry, TelemetryRecord
 
 
 def now_ms() -> int:
@@ -51,7 +52,9 @@ class Outbox(Protocol):
 class Recorder(Protocol):
     """The write-behind buffer, as the supervisor sees it."""
 
-    def telemetry(self, record: TelemetryRecord) -> None: ...
+    def telemetry(self, record: TelemetryRecord) -> None:
+        """Take the row, or raise ``ProtocolError`` (``STORE_UNAVAILABLE``) having taken nothing."""
+        ...
 
     def alert(self, record: AlertRecord) -> None: ...
 
@@ -60,7 +63,7 @@ class Supervisor:
     def __init__(
         self,
         engine: AlertEngine,
-        store: Store,
+        store: Registry,
         outbox: Outbox,
         recorder: Recorder,
         *,
@@ -81,6 +84,9 @@ class Supervisor:
         self._socket_devices: dict[str, set[str]] = {}
         self._subscribers: dict[str, set[str]] = {}
         self._socket_subscriptions: dict[str, set[str]] = {}
+        #: Devices that left, kept until the store surely has their last telemetry
+        #: (the write-behind may not have written it yet); pruned by the sweep.
+        self._departed: dict[str, DeviceActor] = {}
 
     # ------------------------------------------------------------------ sockets
 
@@ -94,7 +100,8 @@ class Supervisor:
             self._leave(sid, email)
         now = self.clock()
         for imei in self._socket_devices.pop(sid, ()):
-            self._status(self._devices.pop(imei), "offline", now)
+            device = self._departed[imei] = self._devices.pop(imei)
+            self._status(device, "offline", now)
 
     # ------------------------------------------------------------------ devices
 
@@ -118,6 +125,9 @@ class Supervisor:
             device.heartbeat(now)
         else:
             device = DeviceActor(imei, sid, owner, now)
+            departed = self._departed.pop(imei, None)
+            if live is None and departed is not None:
+                device.last_timestamp, device.last_data = departed.last_timestamp, departed.last_data
             if live is not None:
                 self._socket_devices[live.sid].discard(imei)
                 device.last_timestamp, device.last_data = live.last_timestamp, live.last_data
@@ -127,19 +137,23 @@ class Supervisor:
         return DeviceRegistered(imei=imei)
 
     def telemetry(self, sid: str, message: TelemetryData) -> None:
-        """One telemetry message: last state, dashboards, history, then alerts."""
+        """One telemetry message: history, last state, dashboards, then alerts.
+
+        The recorder takes the row first: when it refuses (its buffer is full),
+        nothing has changed and the device may send the message again.
+        """
         device = self._device_of(sid, message.imei)
         fired = self.engine.check(message.data)
         now = self.clock()
         timestamp = now if message.timestamp is None else message.timestamp
+        data = bytes(message.data)
+        self.recorder.telemetry(TelemetryRecord(device.imei, timestamp, data, now))
         device.observe(timestamp, message.data, now)
         self.meters.telemetry.mark(now)
         subscribers = self._subscribers.get(device.owner) if device.owner is not None else None
         if subscribers:
             update = TelemetryUpdate(imei=device.imei, timestamp=timestamp, data=message.data)
             self.meters.deliveries.mark(now, self.outbox.send(subscribers, "telemetry_update", encode(update)))
-        data = bytes(message.data)
-        self.recorder.telemetry(TelemetryRecord(device.imei, timestamp, data, now))
         for index in fired:
             self._alert(device, index, timestamp, message.data, data, subscribers, now)
 
@@ -151,6 +165,7 @@ class Supervisor:
     def sweep(self) -> list[str]:
         """Drop devices silent for longer than the heartbeat timeout; return their imeis."""
         now = self.clock()
+        self._departed = {i: d for i, d in self._departed.items() if not d.expired(now, self.heartbeat_timeout_ms)}
         expired = [d for d in self._devices.values() if d.expired(now, self.heartbeat_timeout_ms)]
         for device in expired:
             del self._devices[device.imei]
@@ -161,6 +176,8 @@ class Supervisor:
     def _device_of(self, sid: str, imei: str) -> DeviceActor:
         device = self._devices.get(imei)
         if device is None or device.sid != sid:
+            if not is_imei(imei):
+                raise ProtocolError(ErrorCode.INVALID_IMEI, "imei must be a string of 15 digits")
             raise ProtocolError(ErrorCode.DEVICE_NOT_REGISTERED, f"register_device {imei} on this socket first")
         return device
 
@@ -175,7 +192,8 @@ class Supervisor:
         now: int,
     ) -> None:
         rule = self.engine.rules[index]
-        if rule.level != "critical" and not device.may_alert(rule.code, now, self.alert_cooldown_ms):
+        may_hold_back = rule.level != "critical" and rule.code != "CRASH_DETECTED"  # PROTOCOL.md: never held back
+        if may_hold_back and not device.may_alert(rule.code, now, self.alert_cooldown_ms):
             return
         alert = self.engine.alerts[index]
         self.meters.alerts.mark(now)
@@ -201,9 +219,12 @@ class Supervisor:
         telemetries = []
         for record in records:
             live = self._devices.get(record.imei)
+            recent = live if live is not None else self._departed.get(record.imei)
             stored = record.last
-            if live is not None and live.last_data is not None and (stored is None or live.last_timestamp >= stored.timestamp):
-                telemetries.append(LastTelemetry(imei=record.imei, timestamp=live.last_timestamp, data=live.last_data, connected=True))
+            if recent is not None and recent.last_data is not None and (stored is None or recent.last_timestamp >= stored.timestamp):
+                telemetries.append(LastTelemetry(
+                    imei=record.imei, timestamp=recent.last_timestamp, data=recent.last_data, connected=live is not None
+                ))
             elif stored is not None:
                 telemetries.append(LastTelemetry(
                         imei=record.imei, timestamp=stored.timestamp, data=Raw(stored.data), connected=live is not None

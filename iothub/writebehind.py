@@ -1,70 +1,226 @@
-"""The write-behind buffer: telemetry and alerts leave the hot path here.
+"""The write-behind buffer: telemetry, alerts and owner changes leave the hot path here.
 
-The supervisor appends rows without waiting; a background task writes them to
-the store in batches, as soon as a batch is full or the flush interval has
-passed, and a clean shutdown writes what is left.
+The supervisor hands rows over without waiting; a background task commits them
+to the store in batches, as soon as a batch is full or the flush interval has
+passed, one batch at a time and in order.
+
+Nothing accepted is lost. The buffer is bounded: once it holds ``capacity``
+rows, telemetry is refused with ``STORE_UNAVAILABLE`` before anything changes,
+so the device can retry. A batch the store fails to take stays at the head of
+the queue and is retried with exponential back-off; meanwhile the buffer says
+it is ``degraded`` and how large its ``backlog`` is. A clean shutdown writes
+everything left.
+
+Durable acknowledgements ride on the batches: :meth:`WriteBehind.committed` is
+one future per batch, resolved when the batch is committed, so a reply can wait
+for its batch (group commit) without a task or an await per message.
+
+The buffer also stands in front of the store as the supervisor's
+:class:`~iothub.store.Registry`: owner changes are written behind like the
+rest, and read back with those not yet written laid over the store's answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
-from .store import AlertRecord, Store, TelemetryRecord
+from .errors import ErrorCode, ProtocolError
+from .store import AlertRecord, DeviceRecord, Store, TelemetryRecord, guarded
 
 log = logging.getLogger(__name__)
 
+#: The first pause after a failed write, doubled after each failure up to the cap.
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 2.0
 
-class WriteBehind:
-    def __init__(self, store: Store, *, batch_size: int = 1000, flush_interval: float = 0.05) -> None:
-        self.store = store
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self._telemetry: list[TelemetryRecord] = []
-        self._alerts: list[AlertRecord] = []
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+
+class Batch:
+    """Rows committed together, and the future of their commit."""
+
+    __slots__ = ("telemetry", "alerts", "owners", "_committed")
+
+    def __init__(self) -> None:
+        self.telemetry: list[TelemetryRecord] = []
+        self.alerts: list[AlertRecord] = []
+        #: imei → owner e-mail; a later change in the same batch replaces an earlier one.
+        self.owners: dict[str, str] = {}
+        self._committed: asyncio.Future[None] | None = None
 
     @property
-    def backlog(self) -> int:
-        return len(self._telemetry) + len(self._alerts)
+    def rows(self) -> int:
+        return len(self.telemetry) + len(self.alerts) + len(self.owners)
+
+    def committed(self) -> asyncio.Future[None]:
+        """Made on first demand: without durable acknowledgements no batch has one."""
+        if self._committed is None:
+            self._committed = asyncio.get_running_loop().create_future()
+        return self._committed
+
+    def settle(self, error: BaseException | None = None) -> None:
+        future = self._committed
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+
+class WriteBehind:
+    def __init__(self, store: Store, *, capacity: int = 500_000, batch_rows: int = 1000, flush_interval: float = 0.05) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.batch_rows = batch_rows
+        self.flush_interval = flush_interval
+        #: Rows taken and not yet committed.
+        self.backlog = 0
+        #: Whether the last write failed (and is being retried).
+        self.degraded = False
+        self._open = Batch()
+        self._queue: deque[Batch] = deque()
+        #: imei → the newest batch that changes its owner, until that batch is committed.
+        self._owners: dict[str, Batch] = {}
+        self._accepting = True
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ Recorder
 
     def telemetry(self, record: TelemetryRecord) -> None:
-        self._telemetry.append(record)
-        if len(self._telemetry) >= self.batch_size:
-            self._full.set()
+        """Take one message's row, or refuse it (``STORE_UNAVAILABLE``) taking nothing."""
+        if self.backlog >= self.capacity or not self._accepting:
+            raise ProtocolError(
+                ErrorCode.STORE_UNAVAILABLE,
+                "the server is shutting down; retry later" if not self._accepting else "the store is behind; retry later",
+            )
+        batch = self._open
+        if len(batch.telemetry) >= self.batch_rows:
+            batch = self._cut()
+        batch.telemetry.append(record)
+        self.backlog += 1
+        if len(batch.telemetry) >= self.batch_rows:
+            self._wake.set()
 
     def alert(self, record: AlertRecord) -> None:
-        self._alerts.append(record)
+        """Take an alert of the message just taken: never refused, it lands in that message's batch."""
+        self._open.alerts.append(record)
+        self.backlog += 1
+
+    def committed(self) -> asyncio.Future[None]:
+        """A future resolved once every row taken so far is committed; it fails if the server stops first."""
+        batch = self._open if self._open.rows else (self._queue[-1] if self._queue else None)
+        if batch is not None:
+            return batch.committed()
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    # ------------------------------------------------------------------ Registry
+
+    async def set_owner(self, imei: str, email: str) -> None:
+        """Write the owner behind; never refused (one row per registration, one per device at most)."""
+        batch = self._open
+        if imei not in batch.owners:
+            self.backlog += 1
+        batch.owners[imei] = email
+        self._owners[imei] = batch
+
+    async def owner_of(self, imei: str) -> str | None:
+        pending = self._pending_owner(imei)
+        if pending is not None:
+            return pending
+        stored = await guarded(self.store.owner_of(imei))
+        return self._pending_owner(imei) or stored  # a change taken while the store answered is newer
+
+    async def devices_of(self, email: str) -> list[DeviceRecord]:
+        before = self._pending_owners()  # what commits while the store answers may be missing from its answer
+        records = await guarded(self.store.devices_of(email))
+        pending = {**before, **self._pending_owners()}
+        if not pending:
+            return records
+        kept = [record for record in records if pending.get(record.imei, email) == email]
+        known = {record.imei for record in kept}
+        kept += [DeviceRecord(imei, email) for imei, owner in pending.items() if owner == email and imei not in known]
+        return sorted(kept, key=lambda record: record.imei)
+
+    def _pending_owner(self, imei: str) -> str | None:
+        batch = self._owners.get(imei)
+        return None if batch is None else batch.owners[imei]
+
+    def _pending_owners(self) -> dict[str, str]:
+        return {imei: batch.owners[imei] for imei, batch in self._owners.items()}
+
+    # ------------------------------------------------------------------ the writer
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="iothub-write-behind")
 
-    async def close(self) -> None:
-        """Stop the background task and write everything still buffered."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self.flush()
-
-    async def flush(self) -> None:
-        """Write the buffer in batches; a batch leaves the buffer only once written."""
-        while self._telemetry or self._alerts:
-            telemetry = self._telemetry[: self.batch_size]
-            alerts = self._alerts[: self.batch_size]
-            await self.store.write(telemetry, alerts)
-            del self._telemetry[: len(telemetry)]
-            del self._alerts[: len(alerts)]
+    async def close(self, timeout: float) -> int:
+        """Stop taking telemetry and write everything taken, giving a failing store at most
+        ``timeout`` seconds; return how many rows were not written (and are lost)."""
+        if self._accepting:
+            self._accepting = False
+            self._wake.set()
+            if self._task is None:
+                self.start()
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            if self.backlog:
+                log.error("the %s store did not take the last %d rows within %.0f s: they are lost", self.store.name, self.backlog, timeout)
+                lost = ProtocolError(ErrorCode.STORE_UNAVAILABLE, "the server stopped before it could store this")
+                for batch in (*self._queue, self._open):
+                    batch.settle(lost)
+        return self.backlog
 
     async def _run(self) -> None:
-        while True:
+        delay = RETRY_FIRST_S
+        while self._accepting or self.backlog:
+            if not self._queue:
+                if self._accepting and len(self._open.telemetry) < self.batch_rows:
+                    await self._due()
+                self._cut()
+                continue
+            batch = self._queue[0]
             try:
-                await asyncio.wait_for(self._full.wait(), self.flush_interval)
-            except TimeoutError:
-                pass
-            self._full.clear()
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("writing a batch to %s failed", self.store.name)
+                await self.store.write(batch.telemetry, batch.alerts, tuple(batch.owners.items()))
+            except Exception as exc:
+                self._failed(exc)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX_S)
+                continue
+            delay = RETRY_FIRST_S
+            self._written(batch)
+
+    async def _due(self) -> None:
+        """Wait until the open batch is full or the flush interval has passed."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _cut(self) -> Batch:
+        """Queue the open batch for writing, if it holds anything, and open a new one."""
+        if self._open.rows:
+            self._queue.append(self._open)
+            self._open = Batch()
+        return self._open
+
+    def _failed(self, exc: Exception) -> None:
+        if not self.degraded:
+            log.warning("writing to the %s store failed; keeping %d rows and retrying", self.store.name, self.backlog, exc_info=exc)
+        self.degraded = True
+
+    def _written(self, batch: Batch) -> None:
+        if self.degraded:
+            log.warning("the %s store is back; writing the %d rows kept meanwhile", self.store.name, self.backlog)
+            self.degraded = False
+        self._queue.popleft()
+        self.backlog -= batch.rows
+        for imei in batch.owners:
+            if self._owners.get(imei) is batch:
+                del self._owners[imei]
+        batch.settle()

@@ -44,3 +44,27 @@ def imei() -> Callable[[], str]:
 def email() -> Callable[[], str]:
     """Fresh owner e-mails, unique across the session."""
     return lambda: f"owner{next(_emails)}@example.com"
+
+
+@pytest.fixture
+async def open_client():
+    """``await open_client(url, transports=..., token=...)``: a recording Socket.IO client, closed after the test."""
+    from contextlib import AsyncExitStack
+
+    from .clients import connect
+
+    async with AsyncExitStack() as stack:
+
+        async def open_(url: str, **options):
+            return await stack.enter_async_context(connect(url, **options))
+
+        yield open_
+
+
+@pytest.fixture
+async def http():
+    """An aiohttp.ClientSession, closed after the test."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -65,6 +65,7 @@ def start_server(log_dir: Path, port: int | None = None, **env: str) -> RunningS
         "PORT": str(port),
         "JWT_SECRET": TEST_SECRET,
         "IOTHUB_ENV": "development",
+        "IOTHUB_DB_PATH": str(log_dir / "iothub.db"),  # never in the repository
         **env,
     }
     log_path = log_dir / f"server-{port}.log"

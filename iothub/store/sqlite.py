@@ -1,0 +1,259 @@
+"""The embedded store: SQLite in a local file, created on first start; no server to install.
+
+The standard library's ``sqlite3`` runs on two dedicated threads, each owning
+one connection (SQLite connections must stay on their thread): a writer that
+commits each batch in one transaction, and a reader, so that a subscription
+or a history page never waits behind a batch (WAL lets them run side by side).
+``synchronous=NORMAL`` keeps a committed batch through a crash of the process;
+with durable acknowledgements it is ``FULL``, which keeps it through a power
+cut too, at the cost of an fsync per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import (
+    DAY_MS,
+    AlertRecord,
+    DeviceRecord,
+    Page,
+    R,
+    TelemetryRecord,
+    Window,
+    decode_cursor,
+    newest_by_device,
+    page_of,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    imei TEXT PRIMARY KEY,
+    owner TEXT,
+    last_timestamp INTEGER,
+    last_data TEXT,
+    last_received_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS devices_owner ON devices (owner);
+CREATE TABLE IF NOT EXISTS telemetry (
+    id INTEGER PRIMARY KEY,
+    imei TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_imei_timestamp ON telemetry (imei, timestamp);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    imei TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_imei_timestamp ON alerts (imei, timestamp);
+CREATE INDEX IF NOT EXISTS alerts_code_timestamp ON alerts (code, timestamp);
+CREATE INDEX IF NOT EXISTS alerts_timestamp ON alerts (timestamp);
+"""
+
+SET_OWNER = "INSERT INTO devices (imei, owner) VALUES (?, ?) ON CONFLICT (imei) DO UPDATE SET owner = excluded.owner"
+SET_LAST = """
+INSERT INTO devices (imei, last_timestamp, last_data, last_received_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (imei) DO UPDATE SET
+    last_timestamp = excluded.last_timestamp, last_data = excluded.last_data, last_received_at = excluded.last_received_at
+WHERE devices.last_timestamp IS NULL OR excluded.last_timestamp >= devices.last_timestamp
+"""
+INSERT_TELEMETRY = "INSERT INTO telemetry (imei, timestamp, data, received_at) VALUES (?, ?, ?, ?)"
+INSERT_ALERT = "INSERT INTO alerts (imei, timestamp, code, level, message, data) VALUES (?, ?, ?, ?, ?, ?)"
+DEVICES_OF = "SELECT imei, owner, last_timestamp, last_data, last_received_at FROM devices WHERE owner = ? ORDER BY imei"
+
+#: How long a write waits for a lock another process holds before the batch fails (and is retried).
+BUSY_TIMEOUT_MS = 1000
+#: How often old history is deleted when a retention is set.
+PURGE_INTERVAL_S = 3600
+
+T = TypeVar("T")
+
+
+class _Thread:
+    """One thread and the one connection it owns."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.connection: sqlite3.Connection | None = None
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.run(self.connection.close)
+            self.connection = None
+        self._executor.shutdown(wait=False)
+
+
+class SQLiteStore:
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, *, durable: bool = False, retention_days: int = 0) -> None:
+        self.path = Path(path)
+        self.durable = durable
+        self.retention_ms = retention_days * DAY_MS
+        self._writer = _Thread("iothub-sqlite-writer")
+        self._reader = _Thread("iothub-sqlite-reader")
+        self._purged_at = 0.0
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer.connection = await self._writer.run(self._connect, True)
+        self._reader.connection = await self._reader.run(self._connect, False)
+        await self.purge(time.time_ns() // 1_000_000)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    def _connect(self, writer: bool) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if writer:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+            connection.executescript(SCHEMA)
+        else:
+            connection.execute("PRAGMA query_only = ON")
+        return connection
+
+    # ------------------------------------------------------------------ writes
+
+    async def set_owner(self, imei: str, email: str) -> None:
+        await self.write((), (), ((imei, email),))
+
+    async def write(
+        self, telemetry: Sequence[TelemetryRecord], alerts: Sequence[AlertRecord], owners: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        await self._writer.run(self._write, telemetry, alerts, owners)
+
+    def _write(self, telemetry: Sequence[TelemetryRecord], alerts: Sequence[AlertRecord], owners: Sequence[tuple[str, str]]) -> None:
+        with _transaction(self._writer.connection) as connection:
+            connection.executemany(SET_OWNER, owners)
+            connection.executemany(INSERT_TELEMETRY, [(r.imei, r.timestamp, r.data.decode(), r.receivedAt) for r in telemetry])
+            connection.executemany(
+                INSERT_ALERT, [(a.imei, a.timestamp, a.code, a.level, a.message, a.data.decode()) for a in alerts]
+            )
+            connection.executemany(
+                SET_LAST, [(r.imei, r.timestamp, r.data.decode(), r.receivedAt) for r in newest_by_device(telemetry).values()]
+            )
+        if self.retention_ms and time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
+            try:
+                self._purge(time.time_ns() // 1_000_000)
+            except sqlite3.Error as exc:  # the batch is committed: it must not be retried for this
+                log.warning("deleting old history failed: %r", exc)
+
+    async def purge(self, now_ms: int) -> None:
+        """Delete history older than the retention (by the rows' timestamps); the last telemetry stays.
+
+        Done at open and then hourly, after a batch, on the writer's thread."""
+        await self._writer.run(self._purge, now_ms)
+
+    def _purge(self, now_ms: int) -> None:
+        self._purged_at = time.monotonic()
+        if not self.retention_ms:
+            return
+        before = now_ms - self.retention_ms
+        with _transaction(self._writer.connection) as connection:
+            imeis = [imei for (imei,) in connection.execute("SELECT imei FROM devices")]
+            connection.executemany("DELETE FROM telemetry WHERE imei = ? AND timestamp < ?", [(imei, before) for imei in imeis])
+            connection.execute("DELETE FROM alerts WHERE timestamp < ?", (before,))
+
+    # ------------------------------------------------------------------ reads
+
+    async def owner_of(self, imei: str) -> str | None:
+        return await self._reader.run(self._owner_of, imei)
+
+    def _owner_of(self, imei: str) -> str | None:
+        row = self._reader.connection.execute("SELECT owner FROM devices WHERE imei = ?", (imei,)).fetchone()
+        return None if row is None else row[0]
+
+    async def devices_of(self, email: str) -> list[DeviceRecord]:
+        return await self._reader.run(self._devices_of, email)
+
+    def _devices_of(self, email: str) -> list[DeviceRecord]:
+        return [
+            DeviceRecord(imei, owner, None if timestamp is None else TelemetryRecord(imei, timestamp, data.encode(), received_at))
+            for imei, owner, timestamp, data, received_at in self._reader.connection.execute(DEVICES_OF, (email,))
+        ]
+
+    async def telemetry_history(self, imei: str, window: Window) -> Page[TelemetryRecord]:
+        return await self._reader.run(self._history, "telemetry", {"imei": imei}, window, _telemetry_row)
+
+    async def alert_history(
+        self,
+        window: Window,
+        *,
+        imeis: Collection[str] | None = None,
+        code: str | None = None,
+        level: str | None = None,
+    ) -> Page[AlertRecord]:
+        filters = {"code": code, "level": level}
+        if imeis is not None:
+            filters["imeis"] = json.dumps(list(imeis))
+        return await self._reader.run(self._history, "alerts", filters, window, _alert_row)
+
+    def _history(
+        self, table: str, filters: dict[str, str | None], window: Window, row: Callable[[tuple[Any, ...]], R]
+    ) -> Page[R]:
+        """One page of ``table``, newest first, through the (…, timestamp) indexes."""
+        where, params = [], []
+        for column, value in filters.items():
+            if value is not None:
+                where.append("imei IN (SELECT value FROM json_each(?))" if column == "imeis" else f"{column} = ?")
+                params.append(value)
+        if window.from_ms is not None:
+            where.append("timestamp >= ?")
+            params.append(window.from_ms)
+        if window.to_ms is not None:
+            where.append("timestamp <= ?")
+            params.append(window.to_ms)
+        if window.cursor is not None:
+            timestamp, key = decode_cursor(window.cursor, int)
+            where.append("timestamp <= ? AND (timestamp, id) < (?, ?)")
+            params += [timestamp, timestamp, key]
+        sql = f"SELECT * FROM {table} WHERE {' AND '.join(where) or 'true'} ORDER BY timestamp DESC, id DESC LIMIT ?"
+        rows = self._reader.connection.execute(sql, [*params, window.limit + 1]).fetchall()
+        return page_of([(values[0], row(values)) for values in rows], window.limit)
+
+
+@contextlib.contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taking the write lock up front; rolled back if anything fails."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _telemetry_row(values: tuple[Any, ...]) -> TelemetryRecord:
+    _, imei, timestamp, data, received_at = values
+    return TelemetryRecord(imei, timestamp, data.encode(), received_at)
+
+
+def _alert_row(values: tuple[Any, ...]) -> AlertRecord:
+    _, imei, timestamp, code, level, message, data = values
+    return AlertRecord(imei, timestamp, code, level, message, data.encode())

@@ -1,0 +1,173 @@
+// The seed's "Complete Device Implementation", driven by the interop test.
+//
+//   node device.mjs <url> <transport> <imei> <userEmail>
+//
+// Environment:
+//   IOTHUB_STYLE       "event" (default): plain emit, replies arrive as the
+//                      events device_registered / telemetry_processed, as in
+//                      the seed; "ack": every emit carries a callback and the
+//                      reply is the acknowledgement's payload.
+//   IOTHUB_TOKEN       sent as the handshake's auth: {token} when set.
+//   IOTHUB_TELEMETRY   JSON array of `data` objects to send, one telemetry_data
+//                      each (default: the seed's example reading).
+//   IOTHUB_TIMEOUT_MS  hard limit for the whole run (default 15000).
+//
+// Every line on stdout is one JSON object:
+//   {kind: "start"|"connect"|"sent"|"ack"|"event"|"connect_error"|"refused"|"done"|"timeout", ...}
+// Exit codes: 0 done, 2 timed out, 3 connect_error, 4 the server refused a
+// request ({success: false}) — the socket is closed before exiting in each case.
+import { io } from 'socket.io-client';
+
+const [url, transport, imei, userEmail] = process.argv.slice(2);
+if (!url || !transport || !imei) {
+  console.error('usage: node device.mjs <url> <transport> <imei> [userEmail]');
+  process.exit(64);
+}
+const style = process.env.IOTHUB_STYLE || 'event';
+const token = process.env.IOTHUB_TOKEN;
+const timeoutMs = Number(process.env.IOTHUB_TIMEOUT_MS || 15000);
+const readings = process.env.IOTHUB_TELEMETRY
+  ? JSON.parse(process.env.IOTHUB_TELEMETRY)
+  : [{
+      engineRpm: 2500,
+      speed: 65,
+      fuelLevel: 75,
+      batteryVoltage: 12.5,
+      crashDetection: 0,
+      dtc: 0,
+      position: { latitude: 40.7128, longitude: -74.0060 },
+    }];
+
+const print = (line) => process.stdout.write(JSON.stringify(line) + '\n');
+
+class IoTDevice {
+  constructor(imei, userEmail) {
+    this.imei = imei;
+    this.userEmail = userEmail;
+    this.socket = null;
+    this.connected = false;
+  }
+
+  connect() {
+    const options = { transports: [transport], reconnection: false };
+    if (token) options.auth = { token };
+    this.socket = io(url, options);
+
+    // Everything the server sends this socket, reply events and 'error' included.
+    this.socket.onAny((event, ...args) => print({ kind: 'event', event, payload: args[0] ?? null }));
+
+    this.socket.on('connect', () => {
+      this.connected = true;
+      print({ kind: 'connect', transport: this.socket.io.engine.transport.name });
+      this.run().catch((error) => {
+        if (error instanceof Refused) {
+          print({ kind: 'refused', event: error.event, payload: error.reply });
+          this.finish(4);
+        } else {
+          console.error(error);
+          this.finish(1);
+        }
+      });
+    });
+
+    this.socket.on('connect_error', (error) => {
+      print({ kind: 'connect_error', message: error.message, data: error.data ?? null });
+      this.finish(3);
+    });
+
+    this.socket.on('disconnect', () => {
+      this.connected = false;
+    });
+
+    this.socket.on('error', (error) => {
+      console.error('Socket error:', error);
+    });
+  }
+
+  // One request/reply: the ack style waits for the callback, the event style
+  // for the reply event (or the 'error' event the server sends instead).
+  request(event, payload, replyEvent) {
+    print({ kind: 'sent', event, payload });
+    if (style === 'ack') {
+      return new Promise((resolve) => {
+        this.socket.emit(event, payload, (reply) => {
+          print({ kind: 'ack', event, payload: reply });
+          resolve(reply);
+        });
+      });
+    }
+    this.socket.emit(event, payload);
+    if (!replyEvent) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const done = (reply) => {
+        this.socket.off(replyEvent, done);
+        this.socket.off('error', done);
+        resolve(reply);
+      };
+      this.socket.on(replyEvent, done);
+      this.socket.on('error', done);
+    });
+  }
+
+  async expectSuccess(event, payload, replyEvent) {
+    const reply = await this.request(event, payload, replyEvent);
+    if (reply !== null && reply.success !== true) throw new Refused(event, reply);
+    return reply;
+  }
+
+  registerDevice() {
+    return this.expectSuccess('register_device', {
+      imei: this.imei,
+      userEmail: this.userEmail
+    }, 'device_registered');
+  }
+
+  sendTelemetry(data) {
+    return this.expectSuccess('telemetry_data', {
+      imei: this.imei,
+      timestamp: Date.now(),
+      data: data
+    }, 'telemetry_processed');
+  }
+
+  heartbeat() {
+    // The server answers a heartbeat only through an acknowledgement.
+    return this.expectSuccess('heartbeat', { imei: this.imei }, null);
+  }
+
+  async run() {
+    await this.registerDevice();
+    for (const [index, data] of readings.entries()) {
+      await this.sendTelemetry(data);
+      if (index === 0) await this.heartbeat();
+    }
+    print({ kind: 'done', transport: this.socket.io.engine.transport.name, now: Date.now() });
+    this.finish(0);
+  }
+
+  finish(code) {
+    clearTimeout(watchdog);
+    if (this.socket) this.socket.disconnect();
+    // Node exits by itself once the disconnect packet has left (the polling
+    // transport sends it as one more POST); this timer only bounds the wait.
+    process.exitCode = code;
+    setTimeout(() => process.exit(code), 2000).unref();
+  }
+}
+
+class Refused extends Error {
+  constructor(event, reply) {
+    super(`${event} refused`);
+    this.event = event;
+    this.reply = reply;
+  }
+}
+
+const watchdog = setTimeout(() => {
+  print({ kind: 'timeout', after_ms: timeoutMs });
+  process.exit(2);
+}, timeoutMs);
+
+print({ kind: 'start', now: Date.now(), style, transport });
+const device = new IoTDevice(imei, userEmail);
+device.connect();

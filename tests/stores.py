@@ -1,0 +1,83 @@
+"""The stores the contract suite and the store benchmark run against, by kind.
+
+MongoDB is a real server when ``IOTHUB_TEST_MONGODB_URI`` is set (each maker
+gets its own database, dropped afterwards); otherwise it is mongomock-motor, an
+in-process imitation — and the test ids say ``mongomock-motor``, not
+``mongodb``, so that no one reads more into a green run than it shows.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import mongomock.collection
+from mongomock_motor import AsyncMongoMockClient
+from motor.motor_asyncio import AsyncIOMotorClient
+
+from iothub.store import Store
+from iothub.store.memory import MemoryStore
+from iothub.store.mongo import MongoStore
+from iothub.store.sqlite import SQLiteStore
+
+MONGODB_URI = os.environ.get("IOTHUB_TEST_MONGODB_URI")
+MONGO = "mongodb" if MONGODB_URI else "mongomock-motor"
+KINDS = ["memory", "sqlite", MONGO]
+#: The kinds whose data outlives the store object.
+PERSISTENT_KINDS = ["sqlite", MONGO]
+
+
+def _tolerate_sort(add_update: Any) -> Any:
+    """mongomock 4.3 predates pymongo 4.11, whose ``UpdateOne`` passes ``sort=None`` to the bulk builder."""
+
+    @functools.wraps(add_update)
+    def add_update_without_sort(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
+        if sort is not None:
+            raise NotImplementedError("mongomock has no sorted updates")
+        return add_update(self, *args, **kwargs)
+
+    return add_update_without_sort
+
+
+if not hasattr(mongomock.collection.BulkOperationBuilder.add_update, "__wrapped__"):
+    mongomock.collection.BulkOperationBuilder.add_update = _tolerate_sort(mongomock.collection.BulkOperationBuilder.add_update)
+
+
+class StoreMaker:
+    """Makes stores of one kind over the same data: a new one sees what an earlier one wrote."""
+
+    def __init__(self, kind: str, directory: Path) -> None:
+        self.kind = kind
+        self.path = directory / "store" / "iothub.db"
+        self.memory = MemoryStore()
+        self.mock = AsyncMongoMockClient() if kind == "mongomock-motor" else None
+        self.uri = _fresh_database(MONGODB_URI) if kind == "mongodb" else "mongodb://mongomock/iothub"
+
+    def __call__(self, **options: Any) -> Store:
+        if self.kind == "memory":
+            return self.memory
+        if self.kind == "sqlite":
+            return SQLiteStore(self.path, **options)
+        return MongoStore(self.uri, client=self.mock, **options)
+
+    async def drop(self) -> None:
+        """Remove a real server's test database."""
+        if self.kind == "mongodb":
+            client = AsyncIOMotorClient(self.uri)
+            await client.drop_database(urlsplit(self.uri).path.lstrip("/"))
+            client.close()
+
+
+def _fresh_database(uri: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(path=f"/iothub_test_{uuid.uuid4().hex[:12]}"))
+
+
+def database_of(maker: StoreMaker) -> Any:
+    """The motor database a MongoDB maker's stores use, to look at it from the side."""
+    client = maker.mock if maker.mock is not None else AsyncIOMotorClient(maker.uri)
+    return client.get_database(urlsplit(maker.uri).path.lstrip("/"))
