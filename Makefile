@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml setup.py $(wildcard ext/*.pyx)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 build: $(STAMP)
@@ -20,8 +20,11 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# Micro-benchmarks, then the fleet benchmark against the plain baseline (a few minutes).
 bench: $(STAMP)
-	$(BIN)/pytest bench --benchmark-only
+	$(BIN)/pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops
+	$(BIN)/iothub bench --scenario burst --server iothub --server baseline
+	$(BIN)/iothub bench --scenario fleet --server iothub --server baseline
 
 clean:
 	rm -rf $(VENV) build *.egg-info iothub/*.so ext/*.c
