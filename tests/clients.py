@@ -56,11 +56,6 @@ def assert_clean(reply: Any) -> None:
     assert leak is None, f"reply leaks internals ({leak.group()!r}): {text[:500]}"
 
 
-def failure(code: str) -> Callable[[Any], bool]:
-    """Predicate for a payload that is PROTOCOL.md's failure with ``code``."""
-    return lambda payload: isinstance(payload, dict) and payload.get("success") is False and payload.get("code") == code
-
-
 def assert_failure(reply: Any, code: str) -> None:
     """``reply`` is exactly ``{success: false, code, message}`` with a non-empty, clean message."""
     assert isinstance(reply, dict), reply
@@ -295,7 +290,10 @@ async def connect(
     auth: Any = None,
 ) -> AsyncIterator[Client]:
     """A connected client recording everything it receives; disconnected on exit."""
-    sio = socketio.AsyncClient(reconnection=False, serializer=RawAwarePacket)
+    # aiohttp's client refuses WebSocket messages over 4 MiB by default; the server may send up to its limit
+    sio = socketio.AsyncClient(
+        reconnection=False, serializer=RawAwarePacket, websocket_extra_options={"max_msg_size": 64 * 1024 * 1024}
+    )
     client = Client(sio)
     sio.on("*", client._record)
     sio.on("connect_error", client._record_connect_error)
