@@ -181,7 +181,8 @@ class WriteBehind:
             if not self._queue:
                 if self._accepting and len(self._open.telemetry) < self.batch_rows:
                     await self._due()
-                self._cut()
+                if not self._queue:  # else woken by full batches: the open one may fill up meanwhile
+                    self._cut()
                 continue
             batch = self._queue[0]
             try:
@@ -195,12 +196,14 @@ class WriteBehind:
             self._written(batch)
 
     async def _due(self) -> None:
-        """Wait until the open batch is full or the flush interval has passed."""
+        """Wait until the open batch is full or the flush interval has passed.
+
+        Called when it is not full, so an earlier wake-up (for a batch since written) is stale."""
+        self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), self.flush_interval)
         except TimeoutError:
             pass
-        self._wake.clear()
 
     def _cut(self) -> Batch:
         """Queue the open batch for writing, if it holds anything, and open a new one."""

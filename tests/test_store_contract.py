@@ -222,6 +222,20 @@ async def test_sqlite_creates_its_file_and_directory_in_wal_mode(tmp_path) -> No
         assert connection.execute("SELECT imei, timestamp FROM telemetry").fetchall() == [(IMEI_A, T0)]
 
 
+async def test_sqlite_writes_a_batch_larger_than_one_statement_in_one_transaction(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("iothub.store.sqlite.JSON_CHUNK_BYTES", 30)  # a few rows per JSON array
+    store = SQLiteStore(tmp_path / "iothub.db")
+    await store.open()
+    rows = [telemetry(IMEI_A if n % 2 else IMEI_B, T0 + n) for n in range(25)]
+    await store.write(rows, [alert(IMEI_A, T0 + n) for n in range(7)], [(IMEI_A, ALICE), (IMEI_B, ALICE)])
+    try:
+        assert len((await store.telemetry_history(IMEI_A, Window())).items) == 12
+        assert len((await store.alert_history(Window())).items) == 7
+        assert [d.last for d in await store.devices_of(ALICE)] == [rows[23], rows[24]]
+    finally:
+        await store.close()
+
+
 async def test_sqlite_retention_deletes_old_history_and_keeps_the_last_telemetry(tmp_path) -> None:
     now = T0 + 10 * 86_400_000
     old, recent = telemetry(IMEI_A, now - 3 * 86_400_000), telemetry(IMEI_A, now - 86_400_000 // 2)

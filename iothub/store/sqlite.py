@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import time
@@ -21,6 +20,8 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+import msgspec
 
 from . import (
     DAY_MS,
@@ -36,6 +37,7 @@ from . import (
 )
 
 log = logging.getLogger(__name__)
+_encode_json = msgspec.json.Encoder().encode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -68,21 +70,32 @@ CREATE INDEX IF NOT EXISTS alerts_code_timestamp ON alerts (code, timestamp);
 CREATE INDEX IF NOT EXISTS alerts_timestamp ON alerts (timestamp);
 """
 
+
+
+def _json_rows(columns: int) -> str:
+    """A SELECT of the rows of a JSON array of arrays, the parameter: many rows in one statement."""
+    return "SELECT " + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns)) + " FROM json_each(?)"
+
+
 SET_OWNER = "INSERT INTO devices (imei, owner) VALUES (?, ?) ON CONFLICT (imei) DO UPDATE SET owner = excluded.owner"
-SET_LAST = """
-INSERT INTO devices (imei, last_timestamp, last_data, last_received_at) VALUES (?, ?, ?, ?)
+SET_LAST = f"""
+INSERT INTO devices (imei, last_timestamp, last_received_at, last_data) {_json_rows(4)} WHERE true
 ON CONFLICT (imei) DO UPDATE SET
     last_timestamp = excluded.last_timestamp, last_data = excluded.last_data, last_received_at = excluded.last_received_at
 WHERE devices.last_timestamp IS NULL OR excluded.last_timestamp >= devices.last_timestamp
 """
-INSERT_TELEMETRY = "INSERT INTO telemetry (imei, timestamp, data, received_at) VALUES (?, ?, ?, ?)"
-INSERT_ALERT = "INSERT INTO alerts (imei, timestamp, code, level, message, data) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_TELEMETRY = f"INSERT INTO telemetry (imei, timestamp, received_at, data) {_json_rows(4)}"
+INSERT_ALERTS = f"INSERT INTO alerts (imei, timestamp, code, level, message, data) {_json_rows(6)}"
 DEVICES_OF = "SELECT imei, owner, last_timestamp, last_data, last_received_at FROM devices WHERE owner = ? ORDER BY imei"
 
 #: How long a write waits for a lock another process holds before the batch fails (and is retried).
 BUSY_TIMEOUT_MS = 1000
 #: How often old history is deleted when a retention is set.
 PURGE_INTERVAL_S = 3600
+#: Rows reach SQLite as JSON arrays, one statement each, cut at this much data: one
+#: statement holds the GIL once, where executemany takes it back after every row from
+#: the busy event loop. Well under SQLite's 1 GB limit on a value.
+JSON_CHUNK_BYTES = 32 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -147,15 +160,24 @@ class SQLiteStore:
         await self._writer.run(self._write, telemetry, alerts, owners)
 
     def _write(self, telemetry: Sequence[TelemetryRecord], alerts: Sequence[AlertRecord], owners: Sequence[tuple[str, str]]) -> None:
+        statements = (
+            (INSERT_TELEMETRY, [(r.imei, r.timestamp, r.receivedAt, r.data.decode()) for r in telemetry]),
+            (INSERT_ALERTS, [(a.imei, a.timestamp, a.code, a.level, a.message, a.data.decode()) for a in alerts]),
+            (SET_LAST, [(r.imei, r.timestamp, r.receivedAt, r.data.decode()) for r in newest_by_device(telemetry).values()]),
+        )
+        import os
+        many = os.environ.get("EXP_MANY") == "1"
         with _transaction(self._writer.connection) as connection:
             connection.executemany(SET_OWNER, owners)
-            connection.executemany(INSERT_TELEMETRY, [(r.imei, r.timestamp, r.data.decode(), r.receivedAt) for r in telemetry])
-            connection.executemany(
-                INSERT_ALERT, [(a.imei, a.timestamp, a.code, a.level, a.message, a.data.decode()) for a in alerts]
-            )
-            connection.executemany(
-                SET_LAST, [(r.imei, r.timestamp, r.data.decode(), r.receivedAt) for r in newest_by_device(telemetry).values()]
-            )
+            for sql, rows in statements:
+                if many and not rows:
+                    continue
+                if many:
+                    n = len(rows[0]) if rows else 0
+                    connection.executemany(sql.split(" SELECT ")[0] + " VALUES (" + ",".join("?"*n) + ")" + (sql.split("WHERE true")[1] if "WHERE true" in sql else ""), rows)
+                    continue
+                for chunk in _json_chunks(rows):
+                    connection.execute(sql, (chunk,))
         if self.retention_ms and time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
             try:
                 self._purge(time.time_ns() // 1_000_000)
@@ -173,9 +195,8 @@ class SQLiteStore:
         if not self.retention_ms:
             return
         before = now_ms - self.retention_ms
-        with _transaction(self._writer.connection) as connection:
-            imeis = [imei for (imei,) in connection.execute("SELECT imei FROM devices")]
-            connection.executemany("DELETE FROM telemetry WHERE imei = ? AND timestamp < ?", [(imei, before) for imei in imeis])
+        with _transaction(self._writer.connection) as connection:  # each device's range of (imei, timestamp)
+            connection.execute("DELETE FROM telemetry WHERE imei IN (SELECT imei FROM devices) AND timestamp < ?", (before,))
             connection.execute("DELETE FROM alerts WHERE timestamp < ?", (before,))
 
     # ------------------------------------------------------------------ reads
@@ -209,7 +230,7 @@ class SQLiteStore:
     ) -> Page[AlertRecord]:
         filters = {"code": code, "level": level}
         if imeis is not None:
-            filters["imeis"] = json.dumps(list(imeis))
+            filters["imeis"] = _encode_json(list(imeis)).decode()
         return await self._reader.run(self._history, "alerts", filters, window, _alert_row)
 
     def _history(
@@ -247,6 +268,16 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+
+
+def _json_chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[str]:
+    """``rows`` (their data last) as JSON arrays of at most about :data:`JSON_CHUNK_BYTES` of data each."""
+    start, size = 0, 0
+    for end, row in enumerate(rows, 1):
+        size += len(row[-1])
+        if size >= JSON_CHUNK_BYTES or end == len(rows):
+            yield _encode_json(rows[start:end]).decode()
+            start, size = end, 0
 
 
 def _telemetry_row(values: tuple[Any, ...]) -> TelemetryRecord:

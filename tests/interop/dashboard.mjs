@@ -38,8 +38,27 @@ const watchdog = setTimeout(() => {
 
 function finish(code) {
   clearTimeout(watchdog);
-  socket.disconnect();
+  leave(socket, code);
+}
+
+// Close the socket and end the process with `code`. Over websocket Node exits
+// by itself once the socket is closed. Over polling the client sends its last
+// packets and then the Engine.IO close packet as POSTs, but the server leaves
+// the last long-poll GET unanswered (for up to pingInterval + pingTimeout),
+// which would keep Node alive: so exit once the close packet's POST is through
+// (the transport's 'drain' after the engine's 'close'). The timer only bounds
+// the wait.
+function leave(socket, code) {
+  const engine = socket.io.engine;
   process.exitCode = code;
+  if (engine && engine.transport && engine.transport.name === 'polling') {
+    engine.once('close', () => {
+      const transport = engine.transport;
+      if (transport.writable === false) transport.once('drain', () => process.exit(code));
+      else process.exit(code);
+    });
+  }
+  socket.disconnect();
   setTimeout(() => process.exit(code), 2000).unref();
 }
 

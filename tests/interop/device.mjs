@@ -147,12 +147,29 @@ class IoTDevice {
 
   finish(code) {
     clearTimeout(watchdog);
-    if (this.socket) this.socket.disconnect();
-    // Node exits by itself once the disconnect packet has left (the polling
-    // transport sends it as one more POST); this timer only bounds the wait.
-    process.exitCode = code;
-    setTimeout(() => process.exit(code), 2000).unref();
+    leave(this.socket, code);
   }
+}
+
+// Close the socket and end the process with `code`. Over websocket Node exits
+// by itself once the socket is closed. Over polling the client sends its last
+// packets and then the Engine.IO close packet as POSTs, but the server leaves
+// the last long-poll GET unanswered (for up to pingInterval + pingTimeout),
+// which would keep Node alive: so exit once the close packet's POST is through
+// (the transport's 'drain' after the engine's 'close'). The timer only bounds
+// the wait.
+function leave(socket, code) {
+  const engine = socket.io.engine;
+  process.exitCode = code;
+  if (engine && engine.transport && engine.transport.name === 'polling') {
+    engine.once('close', () => {
+      const transport = engine.transport;
+      if (transport.writable === false) transport.once('drain', () => process.exit(code));
+      else process.exit(code);
+    });
+  }
+  socket.disconnect();
+  setTimeout(() => process.exit(code), 2000).unref();
 }
 
 class Refused extends Error {

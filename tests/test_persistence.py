@@ -1,0 +1,217 @@
+"""Persistence with real server processes on a real SQLite file.
+
+Restart (SIGTERM, start again: the registry and the last telemetry are
+there), crash (durable acknowledgements, SIGKILL mid-stream: every
+acknowledged message is there), clean shutdown (SIGTERM or SIGINT: exit 0,
+the buffer written) and an outage (the file locked by another process: the
+server keeps serving, says DEGRADED, refuses telemetry once its buffer is full
+and writes its backlog when the lock goes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+
+from .server import RunningServer
+
+T0 = 1_700_000_000_000
+TIMEOUT = 10.0
+
+
+@asynccontextmanager
+async def device_socket(server: RunningServer) -> AsyncIterator[socketio.AsyncClient]:
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(server.url, transports=["websocket"], wait_timeout=TIMEOUT)
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+async def call(client: socketio.AsyncClient, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return await client.call(event, payload, timeout=TIMEOUT)
+
+
+def get_json(server: RunningServer, path: str) -> dict[str, Any]:
+    request = urllib.request.Request(server.url + path, headers=server.admin_headers)
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        return json.loads(response.read())
+
+
+def stored_timestamps(db_path: Path, imei: str) -> list[int]:
+    """What the file holds, read by another process as a user would (WAL recovered on open)."""
+    with sqlite3.connect(db_path) as connection:
+        return [t for (t,) in connection.execute("SELECT timestamp FROM telemetry WHERE imei = ? ORDER BY timestamp", (imei,))]
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@contextmanager
+def locked(db_path: Path) -> Iterator[None]:
+    """Hold SQLite's write lock from another connection: every write of the server fails meanwhile."""
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    connection.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        connection.execute("ROLLBACK")
+        connection.close()
+
+
+# --------------------------------------------------------------------------- restart
+
+
+async def test_a_restart_keeps_the_registry_and_the_last_telemetry(
+    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str], email: Callable[[], str]
+) -> None:
+    owner, other = email(), email()
+    reporting, silent, foreign = imei(), imei(), imei()
+    db = str(tmp_path / "iothub.db")
+    first = server_factory(IOTHUB_DB_PATH=db)
+    async with device_socket(first) as device:
+        await call(device, "register_device", {"imei": reporting, "userEmail": owner})
+        await call(device, "register_device", {"imei": silent, "userEmail": owner})
+        await call(device, "register_device", {"imei": foreign, "userEmail": other})
+        for n in range(3):
+            await call(device, "telemetry_data", {"imei": reporting, "timestamp": T0 + n, "data": {"speed": n, "note": "é"}})
+        before = await call(device, "subscribe_user", {"email": owner})
+    assert first.stop(signal.SIGTERM) == 0
+
+    second = server_factory(IOTHUB_DB_PATH=db)
+    async with device_socket(second) as dashboard:
+        after = await call(dashboard, "subscribe_user", {"email": owner})
+        await call(dashboard, "register_device", {"imei": silent})  # no userEmail: the owner stays
+        assert [d["userEmail"] for d in get_json(second, "/api/realtime/devices")["data"]] == [owner]
+
+    assert before["deviceCount"] == after["deviceCount"] == 2
+    assert before["telemetries"] == [{"imei": reporting, "timestamp": T0 + 2, "data": {"speed": 2, "note": "é"}, "connected": True}]
+    assert after["telemetries"] == [{**before["telemetries"][0], "connected": False}]
+
+
+# --------------------------------------------------------------------------- crash
+
+
+async def test_sigkill_loses_no_durably_acknowledged_message(
+    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str]
+) -> None:
+    device_imei, db = imei(), tmp_path / "iothub.db"
+    server = server_factory(IOTHUB_DB_PATH=str(db), IOTHUB_DURABLE_ACK="true", IOTHUB_FLUSH_INTERVAL_MS="20")
+    acknowledged: set[int] = set()
+    sent: list[int] = []
+    in_flight = asyncio.Semaphore(64)
+
+    def on_reply(timestamp: int) -> Callable[[dict[str, Any]], None]:
+        def reply(payload: dict[str, Any]) -> None:
+            if payload.get("success"):
+                acknowledged.add(timestamp)
+            in_flight.release()
+
+        return reply
+
+    async def stream(client: socketio.AsyncClient) -> None:
+        for n in range(1_000_000):
+            await in_flight.acquire()
+            sent.append(T0 + n)
+            await client.emit("telemetry_data", {"imei": device_imei, "timestamp": T0 + n, "data": {"n": n}}, callback=on_reply(T0 + n))
+
+    async with device_socket(server) as device:
+        await call(device, "register_device", {"imei": device_imei})
+        streaming = asyncio.create_task(stream(device))
+        await eventually(lambda: len(acknowledged) >= 500)
+        server.process.kill()  # SIGKILL, mid-stream
+        server.process.wait(TIMEOUT)
+        streaming.cancel()
+        await asyncio.gather(streaming, return_exceptions=True)
+    assert len(sent) > len(acknowledged)  # it was killed with messages in flight
+
+    restarted = server_factory(IOTHUB_DB_PATH=str(db))
+    listed: list[int] = []
+    cursor = ""
+    while cursor is not None:
+        page = get_json(restarted, f"/api/telemetry/{device_imei}?limit=1000" + (f"&cursor={cursor}" if cursor else ""))["data"]
+        listed += [item["timestamp"] for item in page["items"]]
+        cursor = page["nextCursor"]
+    assert acknowledged <= set(listed)
+    assert len(listed) == len(set(listed))
+
+
+# --------------------------------------------------------------------------- clean shutdown
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_clean_shutdown_writes_the_buffer_and_exits_0(
+    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str], stop_signal: int
+) -> None:
+    device_imei, db = imei(), tmp_path / "iothub.db"
+    server = server_factory(IOTHUB_DB_PATH=str(db), IOTHUB_FLUSH_INTERVAL_MS="3600000", IOTHUB_BATCH_ROWS="100000")
+    async with device_socket(server) as device:
+        await call(device, "register_device", {"imei": device_imei})
+        for n in range(50):
+            assert (await call(device, "telemetry_data", {"imei": device_imei, "timestamp": T0 + n, "data": {}}))["success"]
+        assert get_json(server, "/api/realtime/status")["data"]["backlog"] == 50  # all of it still in the buffer
+        assert server.stop(stop_signal) == 0
+    assert stored_timestamps(db, device_imei) == [T0 + n for n in range(50)]
+
+
+# --------------------------------------------------------------------------- outage
+
+
+async def test_an_outage_is_served_through_reported_and_caught_up(
+    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str], email: Callable[[], str]
+) -> None:
+    device_imei, late_imei, owner, db = imei(), imei(), email(), tmp_path / "iothub.db"
+    server = server_factory(IOTHUB_DB_PATH=str(db), IOTHUB_BUFFER_ROWS="20", IOTHUB_BATCH_ROWS="5", IOTHUB_FLUSH_INTERVAL_MS="10")
+    async with device_socket(server) as device:
+        await call(device, "register_device", {"imei": device_imei, "userEmail": owner})
+        await eventually(lambda: get_json(server, "/api/realtime/status")["data"]["backlog"] == 0)
+        with locked(db):
+            replies = [await call(device, "telemetry_data", {"imei": device_imei, "timestamp": T0 + n, "data": {}}) for n in range(21)]
+            assert [r["success"] for r in replies] == [True] * 20 + [False]
+            assert replies[-1]["code"] == "STORE_UNAVAILABLE"
+            await eventually(lambda: get_json(server, "/health")["status"] == "DEGRADED")
+            health = get_json(server, "/health")
+            assert health["backlog"] == 20 and health["store"] == "sqlite" and health["connectedDevices"] == 1
+            # still serving: heartbeats, registrations (the owner waits in the buffer), subscriptions (reads work)
+            assert (await call(device, "heartbeat", {"imei": device_imei}))["success"]
+            assert (await call(device, "register_device", {"imei": late_imei, "userEmail": owner}))["success"]
+            subscribed = await call(device, "subscribe_user", {"email": owner})
+            assert subscribed["deviceCount"] == 2 and subscribed["telemetries"][0]["timestamp"] == T0 + 19
+        await eventually(lambda: get_json(server, "/api/realtime/status")["data"]["backlog"] == 0)
+        assert get_json(server, "/health")["status"] == "OK" and "backlog" not in get_json(server, "/health")
+        assert stored_timestamps(db, device_imei) == [T0 + n for n in range(20)]
+        assert (await call(device, "telemetry_data", {"imei": device_imei, "timestamp": T0 + 20, "data": {}}))["success"]
+    assert server.stop() == 0
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT owner FROM devices WHERE imei = ?", (late_imei,)).fetchone() == (owner,)
+
+
+async def test_a_durable_acknowledgement_waits_out_an_outage(
+    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str]
+) -> None:
+    device_imei, db = imei(), tmp_path / "iothub.db"
+    server = server_factory(IOTHUB_DB_PATH=str(db), IOTHUB_DURABLE_ACK="true", IOTHUB_FLUSH_INTERVAL_MS="10")
+    async with device_socket(server) as device:
+        await call(device, "register_device", {"imei": device_imei})
+        with locked(db):
+            reply = asyncio.ensure_future(call(device, "telemetry_data", {"imei": device_imei, "timestamp": T0, "data": {}}))
+            await eventually(lambda: get_json(server, "/health")["status"] == "DEGRADED")
+            assert not reply.done()
+        assert (await asyncio.wait_for(reply, TIMEOUT))["success"]
+        assert stored_timestamps(db, device_imei) == [T0]
