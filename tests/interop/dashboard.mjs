@@ -51,12 +51,15 @@ function finish(code) {
 function leave(socket, code) {
   const engine = socket.io.engine;
   process.exitCode = code;
+  const exitOnceClosePacketIsThrough = () => {
+    const transport = engine.transport;
+    if (transport.writable === false) transport.once('drain', () => process.exit(code));
+    else process.exit(code);
+  };
   if (engine && engine.transport && engine.transport.name === 'polling') {
-    engine.once('close', () => {
-      const transport = engine.transport;
-      if (transport.writable === false) transport.once('drain', () => process.exit(code));
-      else process.exit(code);
-    });
+    // After a refused CONNECT the client has closed the engine already.
+    if (engine.readyState === 'closed') exitOnceClosePacketIsThrough();
+    else engine.once('close', exitOnceClosePacketIsThrough);
   }
   socket.disconnect();
   setTimeout(() => process.exit(code), 2000).unref();

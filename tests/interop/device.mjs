@@ -1,6 +1,6 @@
 // The seed's "Complete Device Implementation", driven by the interop test.
 //
-//   node device.mjs <url> <transport> <imei> <userEmail>
+//   node device.mjs <url> <transport> <imei> [userEmail]
 //
 // Environment:
 //   IOTHUB_STYLE       "event" (default): plain emit, replies arrive as the
@@ -161,12 +161,15 @@ class IoTDevice {
 function leave(socket, code) {
   const engine = socket.io.engine;
   process.exitCode = code;
+  const exitOnceClosePacketIsThrough = () => {
+    const transport = engine.transport;
+    if (transport.writable === false) transport.once('drain', () => process.exit(code));
+    else process.exit(code);
+  };
   if (engine && engine.transport && engine.transport.name === 'polling') {
-    engine.once('close', () => {
-      const transport = engine.transport;
-      if (transport.writable === false) transport.once('drain', () => process.exit(code));
-      else process.exit(code);
-    });
+    // After a refused CONNECT the client has closed the engine already.
+    if (engine.readyState === 'closed') exitOnceClosePacketIsThrough();
+    else engine.once('close', exitOnceClosePacketIsThrough);
   }
   socket.disconnect();
   setTimeout(() => process.exit(code), 2000).unref();
