@@ -22,7 +22,7 @@ from aiohttp import web
 from . import history, rest
 from .alerts import AlertEngine
 from .auth import Authenticator
-from .config import Settings
+from .config import ConfigError, Settings
 from .gateway import Gateway
 from .store import Store
 from .store.factory import create_store
@@ -84,7 +84,10 @@ class Hub:
         )
 
     async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
-        await self.store.open()
+        try:
+            await self.store.open()
+        except Exception as exc:  # a path that cannot be written, a server that does not answer: say which
+            raise ConfigError(f"cannot open the {self.store.name} store: {exc}") from exc
         self.writer.start()
         sweeper = asyncio.create_task(self._sweep_forever(), name="iothub-heartbeat-sweep")
         self._started = time.monotonic()

@@ -90,10 +90,8 @@ class WriteBehind:
     def telemetry(self, record: TelemetryRecord) -> None:
         """Take one message's row, or refuse it (``STORE_UNAVAILABLE``) taking nothing."""
         if self.backlog >= self.capacity or not self._accepting:
-            raise ProtocolError(
-                ErrorCode.STORE_UNAVAILABLE,
-                "the server is shutting down; retry later" if not self._accepting else "the store is behind; retry later",
-            )
+            self._check_accepting()
+            raise ProtocolError(ErrorCode.STORE_UNAVAILABLE, "the store is behind; retry later")
         batch = self._open
         if len(batch.telemetry) >= self.batch_rows:
             batch = self._cut()
@@ -119,7 +117,8 @@ class WriteBehind:
     # ------------------------------------------------------------------ Registry
 
     async def set_owner(self, imei: str, email: str) -> None:
-        """Write the owner behind; never refused (one row per registration, one per device at most)."""
+        """Write the owner behind; refused only at shutdown (a row per registration, one per device at most)."""
+        self._check_accepting()
         batch = self._open
         if imei not in batch.owners:
             self.backlog += 1
@@ -143,6 +142,10 @@ class WriteBehind:
         known = {record.imei for record in kept}
         kept += [DeviceRecord(imei, email) for imei, owner in pending.items() if owner == email and imei not in known]
         return sorted(kept, key=lambda record: record.imei)
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise ProtocolError(ErrorCode.STORE_UNAVAILABLE, "the server is shutting down; retry later")
 
     def _pending_owner(self, imei: str) -> str | None:
         batch = self._owners.get(imei)
@@ -169,7 +172,7 @@ class WriteBehind:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
             if self.backlog:
-                log.error("the %s store did not take the last %d rows within %.0f s: they are lost", self.store.name, self.backlog, timeout)
+                log.error("the %s store did not take the last %d rows within %g s: they are lost", self.store.name, self.backlog, timeout)
                 lost = ProtocolError(ErrorCode.STORE_UNAVAILABLE, "the server stopped before it could store this")
                 for batch in (*self._queue, self._open):
                     batch.settle(lost)

@@ -215,3 +215,20 @@ async def test_a_durable_acknowledgement_waits_out_an_outage(
             assert not reply.done()
         assert (await asyncio.wait_for(reply, TIMEOUT))["success"]
         assert stored_timestamps(db, device_imei) == [T0]
+
+
+async def test_a_shutdown_with_the_store_down_waits_a_bounded_time_and_says_what_was_lost(
+    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str]
+) -> None:
+    device_imei, db = imei(), tmp_path / "iothub.db"
+    server = server_factory(IOTHUB_DB_PATH=str(db), IOTHUB_FLUSH_INTERVAL_MS="10", IOTHUB_SHUTDOWN_TIMEOUT_MS="500")
+    async with device_socket(server) as device:
+        await call(device, "register_device", {"imei": device_imei})
+        with locked(db):
+            for n in range(3):
+                assert (await call(device, "telemetry_data", {"imei": device_imei, "timestamp": T0 + n, "data": {}}))["success"]
+            started = time.monotonic()
+            assert server.stop(signal.SIGTERM) == 1  # not 0: whatever restarts it should know
+            assert time.monotonic() - started < TIMEOUT
+    assert "did not take the last 3 rows" in server.log()
+    assert stored_timestamps(db, device_imei) == []

@@ -219,11 +219,11 @@ async def test_sqlite_creates_its_file_and_directory_in_wal_mode(tmp_path) -> No
     await store.close()
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert connection.execute("SELECT imei, timestamp FROM telemetry").fetchall() == [(IMEI_A, T0)]
+        assert connection.execute("SELECT imei, timestamp FROM telemetry").fetchall() == [(int(IMEI_A), T0)]
 
 
 async def test_sqlite_writes_a_batch_larger_than_one_statement_in_one_transaction(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("iothub.store.sqlite.JSON_CHUNK_BYTES", 30)  # a few rows per JSON array
+    monkeypatch.setattr("iothub.store.sqlite.ROWS_PER_STATEMENT", 3)
     store = SQLiteStore(tmp_path / "iothub.db")
     await store.open()
     rows = [telemetry(IMEI_A if n % 2 else IMEI_B, T0 + n) for n in range(25)]

@@ -198,6 +198,9 @@ async def test_close_gives_a_failing_store_a_bounded_wait_and_counts_the_loss(st
     with pytest.raises(ProtocolError) as refused:
         writer.telemetry(row(1))
     assert refused.value.code == ErrorCode.STORE_UNAVAILABLE
+    with pytest.raises(ProtocolError) as refused:
+        await writer.set_owner(IMEI_A, ALICE)
+    assert refused.value.code == ErrorCode.STORE_UNAVAILABLE
 
 
 # --------------------------------------------------------------------------- durable commits

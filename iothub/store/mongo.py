@@ -30,6 +30,7 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from . import (
+    DAY_MS,
     AlertRecord,
     DeviceRecord,
     InvalidCursor,
@@ -50,6 +51,9 @@ INDEXES = {
     "alerts": [[("imei", ASCENDING), *NEWEST_FIRST], [("code", ASCENDING), *NEWEST_FIRST], NEWEST_FIRST],
 }
 RETENTION_INDEX = "retention"
+#: How long an operation looks for a server before it fails (30 s by default): an
+#: outage is reported, and the write-behind's back-off takes over, this soon.
+SELECTION_TIMEOUT_MS = 5000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: The last millisecond a Python datetime holds (BSON dates hold more).
 MAX_DATE_MS = 253_402_300_799_999
@@ -62,7 +66,7 @@ class MongoStore:
         """``client``: an already made motor client (tests pass mongomock-motor's); else one for ``uri``."""
         self.uri = uri
         self.durable = durable
-        self.retention_s = retention_days * 86_400
+        self.retention_s = retention_days * DAY_MS // 1000
         self._client = client
         self._owns_client = client is None
         #: The last batch that failed and the documents made for it, reused if it comes again.
@@ -71,7 +75,7 @@ class MongoStore:
     async def open(self) -> None:
         if self._client is None:
             concern = {"w": "majority", "journal": True} if self.durable else {}
-            self._client = AsyncIOMotorClient(self.uri, tz_aware=True, **concern)
+            self._client = AsyncIOMotorClient(self.uri, tz_aware=True, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS, **concern)
         database = self._client.get_database(urlsplit(self.uri).path.lstrip("/") or "iothub")
         self._devices, self._telemetry, self._alerts = database.devices, database.telemetry, database.alerts
         for name, indexes in INDEXES.items():

@@ -7,12 +7,16 @@ or a history page never waits behind a batch (WAL lets them run side by side).
 ``synchronous=NORMAL`` keeps a committed batch through a crash of the process;
 with durable acknowledgements it is ``FULL``, which keeps it through a power
 cut too, at the cost of an fsync per batch.
+
+An imei, 15 digits by the protocol, is kept as an integer: the indexes every
+row goes into are smaller and a batch costs a quarter less.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sqlite3
 import time
@@ -41,16 +45,16 @@ _encode_json = msgspec.json.Encoder().encode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
-    imei TEXT PRIMARY KEY,
+    imei INTEGER PRIMARY KEY,
     owner TEXT,
     last_timestamp INTEGER,
     last_data TEXT,
     last_received_at INTEGER
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS devices_owner ON devices (owner);
 CREATE TABLE IF NOT EXISTS telemetry (
     id INTEGER PRIMARY KEY,
-    imei TEXT NOT NULL,
+    imei INTEGER NOT NULL,
     timestamp INTEGER NOT NULL,
     data TEXT NOT NULL,
     received_at INTEGER NOT NULL
@@ -58,7 +62,7 @@ CREATE TABLE IF NOT EXISTS telemetry (
 CREATE INDEX IF NOT EXISTS telemetry_imei_timestamp ON telemetry (imei, timestamp);
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY,
-    imei TEXT NOT NULL,
+    imei INTEGER NOT NULL,
     timestamp INTEGER NOT NULL,
     code TEXT NOT NULL,
     level TEXT NOT NULL,
@@ -71,31 +75,27 @@ CREATE INDEX IF NOT EXISTS alerts_timestamp ON alerts (timestamp);
 """
 
 
-
-def _json_rows(columns: int) -> str:
-    """A SELECT of the rows of a JSON array of arrays, the parameter: many rows in one statement."""
-    return "SELECT " + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(columns)) + " FROM json_each(?)"
-
-
-SET_OWNER = "INSERT INTO devices (imei, owner) VALUES (?, ?) ON CONFLICT (imei) DO UPDATE SET owner = excluded.owner"
-SET_LAST = f"""
-INSERT INTO devices (imei, last_timestamp, last_received_at, last_data) {_json_rows(4)} WHERE true
-ON CONFLICT (imei) DO UPDATE SET
+#: The batch's statements, as (INSERT …, what follows its VALUES).
+SET_OWNER = ("INSERT INTO devices (imei, owner)", "ON CONFLICT (imei) DO UPDATE SET owner = excluded.owner")
+INSERT_TELEMETRY = ("INSERT INTO telemetry (imei, timestamp, data, received_at)", "")
+INSERT_ALERTS = ("INSERT INTO alerts (imei, timestamp, code, level, message, data)", "")
+SET_LAST = (
+    "INSERT INTO devices (imei, last_timestamp, last_data, last_received_at)",
+    """ON CONFLICT (imei) DO UPDATE SET
     last_timestamp = excluded.last_timestamp, last_data = excluded.last_data, last_received_at = excluded.last_received_at
-WHERE devices.last_timestamp IS NULL OR excluded.last_timestamp >= devices.last_timestamp
-"""
-INSERT_TELEMETRY = f"INSERT INTO telemetry (imei, timestamp, received_at, data) {_json_rows(4)}"
-INSERT_ALERTS = f"INSERT INTO alerts (imei, timestamp, code, level, message, data) {_json_rows(6)}"
+WHERE devices.last_timestamp IS NULL OR excluded.last_timestamp >= devices.last_timestamp""",
+)
 DEVICES_OF = "SELECT imei, owner, last_timestamp, last_data, last_received_at FROM devices WHERE owner = ? ORDER BY imei"
 
 #: How long a write waits for a lock another process holds before the batch fails (and is retried).
 BUSY_TIMEOUT_MS = 1000
 #: How often old history is deleted when a retention is set.
 PURGE_INTERVAL_S = 3600
-#: Rows reach SQLite as JSON arrays, one statement each, cut at this much data: one
-#: statement holds the GIL once, where executemany takes it back after every row from
-#: the busy event loop. Well under SQLite's 1 GB limit on a value.
-JSON_CHUNK_BYTES = 32 * 1024 * 1024
+#: Rows an INSERT carries at most (fewer if SQLite allows fewer parameters).
+ROWS_PER_STATEMENT = 500
+#: WAL pages between checkpoints (1000 by default): the index pages every batch
+#: touches are copied to the database once per checkpoint, so fewer checkpoints copy less.
+WAL_CHECKPOINT_PAGES = 10_000
 
 T = TypeVar("T")
 
@@ -144,6 +144,7 @@ class SQLiteStore:
         if writer:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+            connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
             connection.executescript(SCHEMA)
         else:
             connection.execute("PRAGMA query_only = ON")
@@ -160,24 +161,14 @@ class SQLiteStore:
         await self._writer.run(self._write, telemetry, alerts, owners)
 
     def _write(self, telemetry: Sequence[TelemetryRecord], alerts: Sequence[AlertRecord], owners: Sequence[tuple[str, str]]) -> None:
-        statements = (
-            (INSERT_TELEMETRY, [(r.imei, r.timestamp, r.receivedAt, r.data.decode()) for r in telemetry]),
-            (INSERT_ALERTS, [(a.imei, a.timestamp, a.code, a.level, a.message, a.data.decode()) for a in alerts]),
-            (SET_LAST, [(r.imei, r.timestamp, r.receivedAt, r.data.decode()) for r in newest_by_device(telemetry).values()]),
-        )
-        import os
-        many = os.environ.get("EXP_MANY") == "1"
         with _transaction(self._writer.connection) as connection:
-            connection.executemany(SET_OWNER, owners)
-            for sql, rows in statements:
-                if many and not rows:
-                    continue
-                if many:
-                    n = len(rows[0]) if rows else 0
-                    connection.executemany(sql.split(" SELECT ")[0] + " VALUES (" + ",".join("?"*n) + ")" + (sql.split("WHERE true")[1] if "WHERE true" in sql else ""), rows)
-                    continue
-                for chunk in _json_chunks(rows):
-                    connection.execute(sql, (chunk,))
+            _insert(connection, SET_OWNER, [(int(imei), email) for imei, email in owners])
+            _insert(connection, INSERT_TELEMETRY, [(int(r.imei), r.timestamp, r.data.decode(), r.receivedAt) for r in telemetry])
+            _insert(
+                connection, INSERT_ALERTS, [(int(a.imei), a.timestamp, a.code, a.level, a.message, a.data.decode()) for a in alerts]
+            )
+            newest = newest_by_device(telemetry).values()
+            _insert(connection, SET_LAST, [(int(r.imei), r.timestamp, r.data.decode(), r.receivedAt) for r in newest])
         if self.retention_ms and time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
             try:
                 self._purge(time.time_ns() // 1_000_000)
@@ -205,20 +196,22 @@ class SQLiteStore:
         return await self._reader.run(self._owner_of, imei)
 
     def _owner_of(self, imei: str) -> str | None:
-        row = self._reader.connection.execute("SELECT owner FROM devices WHERE imei = ?", (imei,)).fetchone()
+        row = self._reader.connection.execute("SELECT owner FROM devices WHERE imei = ?", (int(imei),)).fetchone()
         return None if row is None else row[0]
 
     async def devices_of(self, email: str) -> list[DeviceRecord]:
         return await self._reader.run(self._devices_of, email)
 
     def _devices_of(self, email: str) -> list[DeviceRecord]:
-        return [
-            DeviceRecord(imei, owner, None if timestamp is None else TelemetryRecord(imei, timestamp, data.encode(), received_at))
-            for imei, owner, timestamp, data, received_at in self._reader.connection.execute(DEVICES_OF, (email,))
-        ]
+        devices = []
+        for key, owner, timestamp, data, received_at in self._reader.connection.execute(DEVICES_OF, (email,)):
+            imei = _imei(key)
+            last = None if timestamp is None else TelemetryRecord(imei, timestamp, data.encode(), received_at)
+            devices.append(DeviceRecord(imei, owner, last))
+        return devices
 
     async def telemetry_history(self, imei: str, window: Window) -> Page[TelemetryRecord]:
-        return await self._reader.run(self._history, "telemetry", {"imei": imei}, window, _telemetry_row)
+        return await self._reader.run(self._history, "telemetry", {"imei": int(imei)}, window, _telemetry_row)
 
     async def alert_history(
         self,
@@ -230,11 +223,11 @@ class SQLiteStore:
     ) -> Page[AlertRecord]:
         filters = {"code": code, "level": level}
         if imeis is not None:
-            filters["imeis"] = _encode_json(list(imeis)).decode()
+            filters["imeis"] = _encode_json([int(imei) for imei in imeis]).decode()
         return await self._reader.run(self._history, "alerts", filters, window, _alert_row)
 
     def _history(
-        self, table: str, filters: dict[str, str | None], window: Window, row: Callable[[tuple[Any, ...]], R]
+        self, table: str, filters: dict[str, int | str | None], window: Window, row: Callable[[tuple[Any, ...]], R]
     ) -> Page[R]:
         """One page of ``table``, newest first, through the (…, timestamp) indexes."""
         where, params = [], []
@@ -270,21 +263,33 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]
         raise
 
 
-def _json_chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[str]:
-    """``rows`` (their data last) as JSON arrays of at most about :data:`JSON_CHUNK_BYTES` of data each."""
-    start, size = 0, 0
-    for end, row in enumerate(rows, 1):
-        size += len(row[-1])
-        if size >= JSON_CHUNK_BYTES or end == len(rows):
-            yield _encode_json(rows[start:end]).decode()
-            start, size = end, 0
+def _insert(connection: sqlite3.Connection, statement: tuple[str, str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """INSERT ``rows`` with multi-row VALUES, hundreds to a statement.
+
+    sqlite3 lets go of the GIL for each step of a statement: executemany, a step
+    per row, would take the GIL back from the busy event loop after every row
+    (and wait for it); this takes it back once per statement.
+    """
+    if not rows:
+        return
+    head, tail = statement
+    width = len(rows[0])
+    per_statement = max(1, min(ROWS_PER_STATEMENT, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    row = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        connection.execute(f"{head} VALUES {', '.join([row] * len(chunk))} {tail}", list(itertools.chain.from_iterable(chunk)))
+
+
+def _imei(key: int) -> str:
+    return f"{key:015d}"
 
 
 def _telemetry_row(values: tuple[Any, ...]) -> TelemetryRecord:
     _, imei, timestamp, data, received_at = values
-    return TelemetryRecord(imei, timestamp, data.encode(), received_at)
+    return TelemetryRecord(_imei(imei), timestamp, data.encode(), received_at)
 
 
 def _alert_row(values: tuple[Any, ...]) -> AlertRecord:
     _, imei, timestamp, code, level, message, data = values
-    return AlertRecord(imei, timestamp, code, level, message, data.encode())
+    return AlertRecord(_imei(imei), timestamp, code, level, message, data.encode())
