@@ -62,6 +62,23 @@ async def open_client():
 
 
 @pytest.fixture
+def watched_device(server, open_client, imei, email):
+    """``await watched_device()``: a fresh owner, a dashboard subscribed to it, and a device
+    registered for it, as ``(owner, dashboard, device, imei)``."""
+
+    async def watch():
+        owner = email()
+        dashboard = await open_client(server.url)
+        await dashboard.subscribe(owner)
+        device = await open_client(server.url)
+        box = imei()
+        await device.register(box, owner)
+        return owner, dashboard, device, box
+
+    return watch
+
+
+@pytest.fixture
 async def http():
     """An aiohttp.ClientSession, closed after the test."""
     import aiohttp

@@ -114,13 +114,8 @@ async def test_refused(server, open_client, style, event, payload, code):
     await assert_still_works(client)
 
 
-async def test_several_megabytes_under_the_limit_pass_through(server, open_client, imei, email):
-    owner = email()
-    dashboard = await open_client(server.url)
-    await dashboard.subscribe(owner)
-    device = await open_client(server.url)
-    box = imei()
-    await device.register(box, owner)
+async def test_several_megabytes_under_the_limit_pass_through(watched_device):
+    owner, dashboard, device, box = await watched_device()
     data = {"speed": 1, "blob": "z" * (4 * 1024 * 1024), "samples": list(range(50_000))}
     await device.telemetry(box, data, timestamp=1)
     update = await dashboard.wait_event("telemetry_update", timeout=15)

@@ -247,13 +247,8 @@ async def test_owner_persists_without_user_email(server, open_client, imei, emai
 # --------------------------------------------------------------------------- telemetry
 
 
-async def test_telemetry_without_timestamp_gets_server_clock(server, open_client, imei, email):
-    owner = email()
-    dashboard = await open_client(server.url)
-    await dashboard.subscribe(owner)
-    device = await open_client(server.url)
-    box = imei()
-    await device.register(box, owner)
+async def test_telemetry_without_timestamp_gets_server_clock(watched_device):
+    owner, dashboard, device, box = await watched_device()
     before = now_ms()
     await device.telemetry(box, READINGS)
     after = now_ms()
@@ -266,26 +261,16 @@ async def test_telemetry_without_timestamp_gets_server_clock(server, open_client
     assert last == [{"imei": box, "timestamp": update["timestamp"], "data": READINGS, "connected": True}]
 
 
-async def test_telemetry_keeps_the_device_timestamp(server, open_client, imei, email):
-    owner = email()
-    dashboard = await open_client(server.url)
-    await dashboard.subscribe(owner)
-    device = await open_client(server.url)
-    box = imei()
-    await device.register(box, owner)
+async def test_telemetry_keeps_the_device_timestamp(watched_device):
+    owner, dashboard, device, box = await watched_device()
     await device.telemetry(box, READINGS, timestamp=1703123456789)
     assert await dashboard.wait_event("telemetry_update") == {
         "type": "telemetry_update", "imei": box, "timestamp": 1703123456789, "data": READINGS
     }
 
 
-async def test_unknown_data_fields_reach_the_dashboard_unchanged(server, open_client, imei, email):
-    owner = email()
-    dashboard = await open_client(server.url)
-    await dashboard.subscribe(owner)
-    device = await open_client(server.url)
-    box = imei()
-    await device.register(box, owner)
+async def test_unknown_data_fields_reach_the_dashboard_unchanged(watched_device):
+    owner, dashboard, device, box = await watched_device()
     data = {
         "speed": 12.75,
         "oilPressure": 3.4,
@@ -369,13 +354,8 @@ async def test_several_subscriptions_on_one_socket(server, open_client, imei, em
     assert [p["imei"] for p in dashboard.payloads("telemetry_update", since)] == [boxes[1]]
 
 
-async def test_unsubscribe_stops_updates_and_status(server, open_client, imei, email):
-    owner = email()
-    dashboard = await open_client(server.url)
-    await dashboard.subscribe(owner)
-    device = await open_client(server.url)
-    box = imei()
-    await device.register(box, owner)
+async def test_unsubscribe_stops_updates_and_status(watched_device):
+    owner, dashboard, device, box = await watched_device()
     await dashboard.wait_event("device_status", status_event(box, "online"))
     assert (await dashboard.call("unsubscribe_user", {"email": owner.upper()})) == {"success": True, "email": owner}
     watcher = await open_client(server.url)
