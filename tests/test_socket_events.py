@@ -354,7 +354,7 @@ async def test_several_subscriptions_on_one_socket(server, open_client, imei, em
     assert [p["imei"] for p in dashboard.payloads("telemetry_update", since)] == [boxes[1]]
 
 
-async def test_unsubscribe_stops_updates_and_status(watched_device):
+async def test_unsubscribe_stops_updates_and_status(watched_device, server, open_client):
     owner, dashboard, device, box = await watched_device()
     await dashboard.wait_event("device_status", status_event(box, "online"))
     assert (await dashboard.call("unsubscribe_user", {"email": owner.upper()})) == {"success": True, "email": owner}
