@@ -55,9 +55,16 @@ def json_and_dicts(text: str) -> list[str]:
     return fired
 
 
+def test_hot_path(benchmark) -> None:
+    """Decode a telemetry_data event and evaluate the rules: the one compiled pass the gateway runs."""
+    engine = AlertEngine()
+    message, fired = benchmark(engine.read, TELEMETRY)
+    assert message.imei == "123456789012345" and fired == ()
+
+
 @pytest.mark.parametrize("kind", ["compiled", "reference"])
-def test_hot_path(benchmark, kind: str) -> None:
-    """Decode a telemetry_data event and evaluate the rules: the per-message core."""
+def test_hot_path_through_msgspec(benchmark, kind: str) -> None:
+    """The road every other event takes: msgspec decodes the event, then data's readings, then the evaluator."""
     engine = AlertEngine(evaluator=kind)
 
     def hot_path() -> tuple[int, ...]:

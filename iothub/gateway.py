@@ -1,7 +1,9 @@
 """The Socket.IO front end: one socket's events in, replies and fan-out packets out.
 
 Handlers stay thin. For each EVENT the gateway checks the socket's budget and
-the payload's size, decodes it into its struct (:mod:`iothub.protocol`),
+the payload's size, reads a plain ``telemetry_data`` in one compiled pass
+(:meth:`~iothub.alerts.AlertEngine.read`) or else decodes the event into its
+struct (:mod:`iothub.protocol`),
 checks the socket's token allows it (:mod:`iothub.auth`) and hands it to the
 :class:`~iothub.supervisor.Supervisor`. The reply goes back as the
 acknowledgement when the client asked for one, else as the reply event.
@@ -190,8 +192,12 @@ class Gateway(socketio.AsyncServer):
         limit = self.settings.max_payload_bytes
         if len(data) > limit // 4 and len(data.encode()) > limit:
             raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"an event may carry at most {limit} bytes")
-        event = decode_event(data)
         supervisor = self.supervisor
+        reading = supervisor.engine.read(data)
+        if reading is not None:
+            supervisor.telemetry(sid, *reading)
+            return TelemetryDataEvent.reply_event, self._when_committed(TELEMETRY_PROCESSED)
+        event = decode_event(data)
         principal = session.principal
         match event:
             case TelemetryDataEvent(payload=message):

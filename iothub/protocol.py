@@ -50,7 +50,7 @@ class RegisterDevice(Struct, frozen=True):
             msgspec.structs.force_setattr(self, "userEmail", self.userEmail.lower())
 
 
-class TelemetryData(Struct, frozen=True):
+class TelemetryData(Struct, frozen=True, gc=False):
     imei: RegisteredImei
     data: Raw
     timestamp: Millis | None = None

@@ -136,14 +136,17 @@ class Supervisor:
         self._status(device, "online", now)
         return DeviceRegistered(imei=imei)
 
-    def telemetry(self, sid: str, message: TelemetryData) -> None:
+    def telemetry(self, sid: str, message: TelemetryData, fired: tuple[int, ...] | None = None) -> None:
         """One telemetry message: history, last state, dashboards, then alerts.
 
+        ``fired``: the rules the message fires, when its reading already found
+        them (:meth:`AlertEngine.read`); else its ``data`` is checked here.
         The recorder takes the row first: when it refuses (its buffer is full),
         nothing has changed and the device may send the message again.
         """
         device = self._device_of(sid, message.imei)
-        fired = self.engine.check(message.data)
+        if fired is None:
+            fired = self.engine.check(message.data)
         now = self.clock()
         timestamp = now if message.timestamp is None else message.timestamp
         data = bytes(message.data)
