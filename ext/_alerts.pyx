@@ -455,7 +455,7 @@ cdef class TelemetryReader:
             if p == NULL:
                 return None
             if key_is(&member, b"imei", 4):
-                if imei != NULL:
+                if imei != NULL or p[0] != b'"':
                     return None
                 after = skip_string(p, end, &escaped)
                 if after == NULL or escaped or after - p != 17 or not is_ascii(p + 1, 15):

@@ -64,7 +64,7 @@ class Hub:
 
     def application(self) -> web.Application:
         app = web.Application(
-            middlewares=[rest.cors(self.settings.cors_origins), rest.envelope_errors],
+            middlewares=[rest.rest_only(rest.cors(self.settings.cors_origins)), rest.rest_only(rest.envelope_errors)],
             client_max_size=self.settings.max_payload_bytes,
         )
         app[rest.HUB] = self

@@ -41,6 +41,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     debug: str | None = None
     heartbeat_timeout_ms: int = 300_000
     cleanup_interval_ms: int = 300_000
+    ping_interval_ms: int = 25_000
+    ping_timeout_ms: int = 20_000
     max_payload_bytes: int = 10 * 1024 * 1024
     alert_rules_file: str | None = None
     alert_cooldown_ms: int = 0
@@ -95,8 +97,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     def _checked(self) -> Settings:
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be 1..65535, not {self.port}")
-        positive = ("heartbeat_timeout_ms", "cleanup_interval_ms", "max_payload_bytes", "buffer_rows", "batch_rows",
-                    "flush_interval_ms", "shutdown_timeout_ms")
+        positive = ("heartbeat_timeout_ms", "cleanup_interval_ms", "ping_interval_ms", "ping_timeout_ms", "max_payload_bytes",
+                    "buffer_rows", "batch_rows", "flush_interval_ms", "shutdown_timeout_ms")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENVIRONMENT[name]} must be positive")
@@ -128,6 +130,8 @@ ENVIRONMENT: dict[str, str] = {
     "debug": "DEBUG",
     "heartbeat_timeout_ms": "HEARTBEAT_TIMEOUT_MS",
     "cleanup_interval_ms": "CLEANUP_INTERVAL_MS",
+    "ping_interval_ms": "IOTHUB_PING_INTERVAL_MS",
+    "ping_timeout_ms": "IOTHUB_PING_TIMEOUT_MS",
     "max_payload_bytes": "MAX_PAYLOAD_BYTES",
     "alert_rules_file": "IOTHUB_ALERT_RULES",
     "alert_cooldown_ms": "IOTHUB_ALERT_COOLDOWN_MS",

@@ -46,7 +46,7 @@ from .protocol import (
 )
 from .ratelimit import TokenBucket
 from .supervisor import Supervisor
-from .transport import FramedPacket, websocket_class
+from .transport import FramedPacket, Pinger, websocket_class
 from .writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ class Gateway(socketio.AsyncServer):
             async_handlers=False,
             cors_allowed_origins=settings.cors_origins,
             max_http_buffer_size=settings.max_payload_bytes + TRANSPORT_SLACK_BYTES,
+            ping_interval=settings.ping_interval_ms / 1000,
+            ping_timeout=settings.ping_timeout_ms / 1000,
             logger="socket.io" in debug or debug == "*",
             engineio_logger="engine" in debug or debug == "*",
         )
@@ -131,6 +133,24 @@ class Gateway(socketio.AsyncServer):
             socket.queue.put_nowait(FramedPacket(eio_packet.MESSAGE, text))
 
     # ------------------------------------------------------------------ connections
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        Pinger(self.eio.sockets[eio_sid])
+        await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
+        """An EVENT on the default namespace goes straight to its handler, as text.
+
+        python-socketio's generic packet parser costs more than the rest of a
+        telemetry message; anything but a plain EVENT still goes through it.
+        """
+        if data[:1] == "2" and data[1:2] != "/" and eio_sid not in self._binary_packet:
+            start = 1
+            while data[start : start + 1].isdigit():
+                start += 1
+            await self._handle_event(eio_sid, NAMESPACE, int(data[1:start]) if start > 1 else None, data[start:])
+        else:
+            await super()._handle_eio_message(eio_sid, data)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         try:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HUB = web.AppKey("hub", "Hub")
+SOCKETIO_PATH = "/socket.io"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {400: ErrorCode.INVALID_PAYLOAD, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
@@ -49,7 +50,22 @@ def failure(code: ErrorCode, message: str, status: int) -> web.Response:
     )
 
 
-@web.middleware
+def rest_only(middleware: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]) -> Any:
+    """``middleware`` for REST requests; Socket.IO's go straight to their handler.
+
+    Without awaiting it: a WebSocket's request lasts as long as the socket, and
+    a middleware's frame held that long is memory for every connected device.
+    """
+
+    @web.middleware
+    def middleware_or_socketio(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        if request.path.startswith(SOCKETIO_PATH):
+            return handler(request)
+        return middleware(request, handler)
+
+    return middleware_or_socketio
+
+
 async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every refusal and failure into the envelope."""
     try:
@@ -187,10 +203,7 @@ def cors(origins: list[str] | str) -> Callable[..., Awaitable[web.StreamResponse
             return None
         return "*" if origins == "*" else (origin if origin in origins else None)
 
-    @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/socket.io"):
-            return await handler(request)
         origin = allowed(request.headers.get("Origin"))
         if request.method == "OPTIONS" and origin is not None:
             response: web.StreamResponse = web.Response(status=204)

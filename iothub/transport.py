@@ -1,12 +1,17 @@
-"""The WebSocket pump: Engine.IO over one aiohttp WebSocket, without a task per message.
+"""The WebSocket pump: Engine.IO over one aiohttp WebSocket, without a task per message or per socket.
 
-python-engineio keeps the protocol's state (handshake, sessions, ping/pong,
-long-polling, upgrades); this module replaces only its WebSocket loop, which
-costs a task and a ``wait_for`` per received frame, another task per message,
-a ``wait_for`` per writer wake-up and one ``write`` system call per frame.
-Here a socket has one reader loop that hands each message straight to
-Socket.IO and one writer that drains the socket's queue and writes every
-queued frame in a single call.
+python-engineio keeps the protocol's state (handshake, sessions, long-polling,
+upgrades); this module replaces only its WebSocket loop, which costs a task and
+a ``wait_for`` per received frame, another task per message, a writer task and
+an ``asyncio.Queue`` per socket, and a ``write`` system call per frame.
+
+Here the socket's one reader loop hands each message straight to Socket.IO.
+Once the pump owns a socket it *is* that socket's queue: what Engine.IO or the
+gateway puts on it is framed at once and the socket's frames go out in one
+``write`` at the end of the loop iteration. The :class:`Pinger` sends every
+socket's pings from a timer, not a task. A socket costs a few objects, not a
+few tasks: that is what keeps thousands of idle devices cheap (README,
+Performance).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -50,6 +56,10 @@ def frame(encoded: str | bytes) -> bytes:
     return struct.pack("!BBQ", opcode, 127, length) + payload
 
 
+def frame_of(packet: eio_packet.Packet) -> bytes:
+    return packet.frame() if isinstance(packet, FramedPacket) else frame(packet.encode())
+
+
 def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
     """Engine.IO's WebSocket driver with this module's pump, compression on or off."""
 
@@ -59,7 +69,9 @@ def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
             ws = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
             await ws.prepare(request)
             self._sock = ws
-            self.environ = environ
+            # The handshake's headers, copied into the environ, are read by no one from
+            # here on; the suspended handshake frames would keep them for the socket's life.
+            environ.clear()
             await Pump(self.handler.__self__, ws, request, compress).run()
             return ws
 
@@ -67,14 +79,26 @@ def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
 
 
 class Pump:
-    """Moves one Engine.IO socket's packets over its WebSocket, both ways."""
+    """Moves one Engine.IO socket's packets over its WebSocket, both ways.
+
+    While it runs it stands in for the socket's queue: ``put``, ``put_nowait``
+    and ``join`` are all that Engine.IO and the gateway use of a WebSocket
+    socket's queue.
+    """
 
     def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool) -> None:
         self.socket = socket
         self.server = socket.server
         self.ws = ws
-        self.request = request
+        self.transport = request.transport
         self.compress = compress
+        self._loop = asyncio.get_running_loop()
+        #: Frames (or, compressed, texts) waiting for the end of this loop iteration.
+        self._pending: list[Any] = []
+        #: Whether a CLOSE packet was put: nothing goes out after it, and the WebSocket closes.
+        self._closing = False
+        self._closed = False
+        self._sent: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         socket = self.socket
@@ -84,13 +108,24 @@ class Pump:
         else:
             socket.connected = True
             socket.upgraded = True
-        writer = asyncio.ensure_future(self._write())
+        self._take_over_queue()
         try:
             await self._read()
         finally:
-            socket.queue.put_nowait(None)
-            await writer
+            self._flush()
             await socket.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            if self._sent is not None:
+                await self._sent
+            await self.ws.close()
+
+    def _take_over_queue(self) -> None:
+        """Become the socket's queue; what Engine.IO queued before goes out first."""
+        queued, self.socket.queue = self.socket.queue, self
+        while not queued.empty():
+            packet = queued.get_nowait()
+            if packet is not None:
+                self.put_nowait(packet)
+        queued.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # a poll still held gets its answer
 
     async def _upgrade(self) -> bool:
         """Engine.IO's probe exchange that moves a long-polling socket onto this WebSocket."""
@@ -118,9 +153,7 @@ class Pump:
         receive = self.ws.receive
         while True:
             message = await receive()
-            if message.type is WSMsgType.TEXT:
-                data = message.data
-            elif message.type is WSMsgType.BINARY:
+            if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
                 data = message.data
             else:
                 return
@@ -136,28 +169,83 @@ class Pump:
             if socket.closed:
                 return
 
-    async def _write(self) -> None:
-        queue = self.socket.queue
-        transport = self.request.transport
-        writer = self.request.writer
-        while True:
-            packets = [await queue.get()]
-            while not queue.empty():
-                packets.append(queue.get_nowait())
-            for _ in packets:
-                queue.task_done()
-            closing = None in packets or self.socket.closed
-            packets = [p for p in packets if p is not None]
-            try:
-                if self.compress:
-                    for packet in packets:
-                        encoded = packet.encode()
-                        await (self.ws.send_str(encoded) if isinstance(encoded, str) else self.ws.send_bytes(encoded))
-                elif packets and transport is not None and not transport.is_closing():
-                    transport.write(b"".join(p.frame() if isinstance(p, FramedPacket) else frame(p.encode()) for p in packets))
-                    await writer.drain()
-            except (ConnectionError, RuntimeError):
-                closing = True
-            if closing or any(p.packet_type == eio_packet.CLOSE for p in packets):
-                break
-        await self.ws.close()
+    # ------------------------------------------------------------------ the socket's queue
+
+    def put_nowait(self, packet: eio_packet.Packet | None) -> None:
+        """Frame the packet now; the socket's frames are written together at the end of the iteration."""
+        if packet is None or self._closing:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(packet.encode() if self.compress else frame_of(packet))
+        if packet.packet_type == eio_packet.CLOSE:
+            self._closing = True
+
+    async def put(self, packet: eio_packet.Packet | None) -> None:
+        self.put_nowait(packet)
+
+    async def join(self) -> None:
+        """Everything put is on its way already."""
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        transport = self.transport
+        if pending and transport is not None and not transport.is_closing():
+            if self.compress:
+                self._sent = asyncio.ensure_future(self._send_compressed(self._sent, pending))
+            else:
+                transport.write(b"".join(pending))
+        if self._closing and not self._closed:
+            self._closed = True
+            asyncio.ensure_future(self.ws.close())
+
+    async def _send_compressed(self, previous: asyncio.Future[None] | None, texts: list[Any]) -> None:
+        """aiohttp compresses as it sends: one send after another, in order."""
+        if previous is not None:
+            await previous
+        try:
+            for text in texts:
+                await (self.ws.send_str(text) if isinstance(text, str) else self.ws.send_bytes(text))
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+class Pinger:
+    """An Engine.IO socket's pings and ping timeout on timer handles, instead of a task per ping.
+
+    It replaces the socket's ``schedule_ping``, with the same meaning: the next
+    ping goes out one ping interval after the client answered the last one. A
+    ping not answered within the ping timeout closes the socket, and the
+    transport with it: a CLOSE packet goes out (the pump then closes its
+    WebSocket; a held poll returns it) before Engine.IO closes the session.
+    """
+
+    __slots__ = ("socket", "_loop", "_expiry")
+
+    def __init__(self, socket: AsyncSocket) -> None:
+        self.socket = socket
+        self._loop = asyncio.get_running_loop()
+        self._expiry: asyncio.TimerHandle | None = None
+        socket.schedule_ping = self.schedule
+
+    def schedule(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.socket.last_ping:
+            self.socket.last_ping = None
+            self._loop.call_later(self.socket.server.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        socket = self.socket
+        if not socket.closing and not socket.closed:
+            socket.last_ping = time.time()
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+            self._expiry = self._loop.call_later(socket.server.ping_timeout, self._expire)
+
+    def _expire(self) -> None:
+        socket = self.socket
+        self._expiry = None
+        if not socket.closing and not socket.closed:
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+            asyncio.ensure_future(socket.close(wait=False, abort=True, reason=socket.server.reason.PING_TIMEOUT))

@@ -193,6 +193,7 @@ def test_a_custom_field_is_read_and_fires() -> None:
         '["telemetry_data",{"imei":"123456789012345","data":{},"timestamp":-1}]',
         '["telemetry_data",{"imei":"123456789012345","data":{},"timestamp":1.5}]',
         '["telemetry_data",{"imei":"12345","data":{}}]',
+        '["telemetry_data",{"data":{},"imei":\\000000000000000"}]',
         '["telemetry_data",{"imei":"123456789012345","data":{}},"more"]',
         '["telemetry_data",{"imei":"123456789012345","data":{"x":"\\ud800"}}]',
         '["telemetry_data",{"imei":"123456789012345","data":{"x":[' * 1 + "[" * 100 + "]" * 100 + "]}}]",
