@@ -22,8 +22,8 @@ class DeviceActor:
         self.last_heartbeat = now
         self.last_timestamp: int | None = None
         self.last_data: Raw | None = None
-        #: When each alert code last went out, for the cooldown.
-        self.alerted_at: dict[str, int] = {}
+        #: When each alert code last went out, for the cooldown (made on the first alert under one).
+        self.alerted_at: dict[str, int] | None = None
 
     def heartbeat(self, now: int) -> None:
         self.last_heartbeat = now
@@ -37,7 +37,11 @@ class DeviceActor:
 
     def may_alert(self, code: str, now: int, cooldown_ms: int) -> bool:
         """Whether an alert of ``code`` may go out now; records it if so."""
-        if cooldown_ms and now - self.alerted_at.get(code, -cooldown_ms) < cooldown_ms:
+        if not cooldown_ms:
+            return True
+        if self.alerted_at is None:
+            self.alerted_at = {}
+        elif now - self.alerted_at.get(code, -cooldown_ms) < cooldown_ms:
             return False
         self.alerted_at[code] = now
         return True

@@ -86,6 +86,8 @@ class Pump:
     socket's queue.
     """
 
+    __slots__ = ("socket", "server", "ws", "transport", "compress", "_loop", "_pending", "_closing", "_closed", "_sent")
+
     def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool) -> None:
         self.socket = socket
         self.server = socket.server
