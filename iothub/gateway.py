@@ -32,7 +32,7 @@ from engineio import packet as eio_packet
 from .auth import Authenticator, Principal
 from .config import Settings
 from .errors import ErrorCode, ProtocolError
-from .packets import EventPacket, ack_text, event_text
+from .packets import EventPacket, ack_text, event_text, split_event
 from .protocol import (
     Failure,
     HeartbeatEvent,
@@ -144,13 +144,11 @@ class Gateway(socketio.AsyncServer):
         python-socketio's generic packet parser costs more than the rest of a
         telemetry message; anything but a plain EVENT still goes through it.
         """
-        if data[:1] == "2" and data[1:2] != "/" and eio_sid not in self._binary_packet:
-            start = 1
-            while data[start : start + 1].isdigit():
-                start += 1
-            await self._handle_event(eio_sid, NAMESPACE, int(data[1:start]) if start > 1 else None, data[start:])
-        else:
+        event = split_event(data) if isinstance(data, str) and eio_sid not in self._binary_packet else None
+        if event is None:
             await super()._handle_eio_message(eio_sid, data)
+        else:
+            await self._handle_event(eio_sid, NAMESPACE, *event)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         try:

@@ -1,7 +1,8 @@
 """Socket.IO packets as this server reads and writes them.
 
 Incoming EVENT packets keep their JSON text, so the gateway decodes it once,
-with msgspec, straight into the event's struct. Outgoing events and
+straight into the event's struct; the plain ones skip python-socketio's
+generic packet parser altogether (:func:`split_event`). Outgoing events and
 acknowledgements are built as text around an already-encoded payload, once
 per message however many sockets it goes to.
 """
@@ -37,6 +38,20 @@ class EventPacket(packet.Packet):
         if self.packet_type != packet.EVENT and isinstance(self.data, str):
             self.data = json.loads(self.data)
         return attachments
+
+
+def split_event(text: str) -> tuple[int | None, str] | None:
+    """An EVENT packet on the default namespace as ``(ack id or None, JSON text)``; None for any other packet.
+
+    ``2["telemetry_data",{…}]`` and ``217["telemetry_data",{…}]``: what almost
+    every packet is, read without python-socketio's generic parser.
+    """
+    if text[:1] != "2" or text[1:2] == "/":
+        return None
+    start = 1
+    while text[start : start + 1].isdigit():
+        start += 1
+    return (int(text[1:start]) if start > 1 else None), text[start:]
 
 
 def event_text(event: str, payload: bytes | None) -> str:
