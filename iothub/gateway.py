@@ -46,7 +46,7 @@ from .protocol import (
 )
 from .ratelimit import TokenBucket
 from .supervisor import Supervisor
-from .transport import FramedPacket, Pinger, websocket_class
+from .transport import FramedPacket, Pinger, create_route, websocket_class
 from .writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,11 @@ class Gateway(socketio.AsyncServer):
             logger="socket.io" in debug or debug == "*",
             engineio_logger="engine" in debug or debug == "*",
         )
-        self.eio._async = {**self.eio._async, "websocket": websocket_class(settings.ws_compression)}
+        self.eio._async = {
+            **self.eio._async,
+            "websocket": websocket_class(settings.ws_compression),
+            "create_route": create_route,
+        }
         self.settings = settings
         self.authenticator = authenticator
         self.supervisor: Supervisor | None = None

@@ -22,10 +22,11 @@ import struct
 import time
 from typing import Any
 
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
+from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
 log = logging.getLogger(__name__)
@@ -60,22 +61,46 @@ def frame_of(packet: eio_packet.Packet) -> bytes:
     return packet.frame() if isinstance(packet, FramedPacket) else frame(packet.encode())
 
 
+#: Where the WebSocket driver leaves a socket's pump for the route's handler to run.
+PUMP = "iothub.pump"
+
+
 def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
-    """Engine.IO's WebSocket driver with this module's pump, compression on or off."""
+    """Engine.IO's WebSocket driver with this module's pump, compression on or off.
+
+    It only opens the WebSocket and leaves the pump on the request: the pump
+    runs in the route's handler (:func:`create_route`) once Engine.IO's
+    handshake frames have returned, so that they and their locals are not kept
+    for the socket's life.
+    """
 
     class WebSocket(eio_aiohttp.WebSocket):
         async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
             request = environ["aiohttp.request"]
             ws = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
             await ws.prepare(request)
-            self._sock = ws
+            request[PUMP] = Pump(self.handler.__self__, ws, request, compress)
             # The handshake's headers, copied into the environ, are read by no one from
-            # here on; the suspended handshake frames would keep them for the socket's life.
+            # here on; python-socketio would keep them for the socket's life.
             environ.clear()
-            await Pump(self.handler.__self__, ws, request, compress).run()
             return ws
 
     return WebSocket
+
+
+def create_route(app: web.Application, server: AsyncServer, endpoint: str) -> None:
+    """Engine.IO's routes; a GET that opened a WebSocket then runs its pump here."""
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        response = await server.handle_request(request)
+        pump = request.get(PUMP)
+        if pump is not None:
+            await pump.run()
+        return response
+
+    app.router.add_get(endpoint, get)
+    app.router.add_post(endpoint, server.handle_request)
+    app.router.add_route("OPTIONS", endpoint, server.handle_request)
 
 
 class Pump:
@@ -116,6 +141,7 @@ class Pump:
         finally:
             self._flush()
             await socket.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            self.server.sockets.pop(socket.sid, None)
             if self._sent is not None:
                 await self._sent
             await self.ws.close()
