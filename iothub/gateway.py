@@ -56,6 +56,7 @@ NAMESPACE = "/"
 #: payload somewhat too large gets PAYLOAD_TOO_LARGE instead of a dropped socket.
 TRANSPORT_SLACK_BYTES = 1024 * 1024
 TELEMETRY_PROCESSED = encode(TelemetryProcessed())
+NO_ENVIRON: dict[str, Any] = {}
 INTERNAL_FAILURE = Failure(code=ErrorCode.INTERNAL, message="internal error")
 NOT_STORED = Failure(code=ErrorCode.STORE_UNAVAILABLE, message="the server stopped before it could store this; send it again")
 
@@ -139,8 +140,13 @@ class Gateway(socketio.AsyncServer):
     # ------------------------------------------------------------------ connections
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        """A new Engine.IO socket: pings on timers, and no copy of the handshake's environ.
+
+        python-socketio keeps the environ for the socket's life, for connect
+        handlers; this server's reads none of it.
+        """
         Pinger(self.eio.sockets[eio_sid])
-        await super()._handle_eio_connect(eio_sid, environ)
+        await super()._handle_eio_connect(eio_sid, NO_ENVIRON)
 
     async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
         """An EVENT on the default namespace goes straight to its handler, as text.

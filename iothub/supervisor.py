@@ -81,7 +81,8 @@ class Supervisor:
         self.meters = Meters()
         self._sockets: set[str] = set()
         self._devices: dict[str, DeviceActor] = {}
-        self._socket_devices: dict[str, set[str]] = {}
+        #: A list, not a set: a socket registers one device, a gateway box a few.
+        self._socket_devices: dict[str, list[str]] = {}
         self._subscribers: dict[str, set[str]] = {}
         self._socket_subscriptions: dict[str, set[str]] = {}
         #: Devices that left, kept until the store surely has their last telemetry
@@ -129,10 +130,10 @@ class Supervisor:
             if live is None and departed is not None:
                 device.last_timestamp, device.last_data = departed.last_timestamp, departed.last_data
             if live is not None:
-                self._socket_devices[live.sid].discard(imei)
+                self._socket_devices[live.sid].remove(imei)
                 device.last_timestamp, device.last_data = live.last_timestamp, live.last_data
             self._devices[imei] = device
-            self._socket_devices.setdefault(sid, set()).add(imei)
+            self._socket_devices.setdefault(sid, []).append(imei)
         self._status(device, "online", now)
         return DeviceRegistered(imei=imei)
 
@@ -172,7 +173,7 @@ class Supervisor:
         expired = [d for d in self._devices.values() if d.expired(now, self.heartbeat_timeout_ms)]
         for device in expired:
             del self._devices[device.imei]
-            self._socket_devices[device.sid].discard(device.imei)
+            self._socket_devices[device.sid].remove(device.imei)
             self._status(device, "offline", now)
         return [device.imei for device in expired]
 

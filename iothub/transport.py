@@ -17,6 +17,7 @@ Performance).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import struct
 import time
@@ -80,9 +81,6 @@ def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
             ws = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
             await ws.prepare(request)
             request[PUMP] = Pump(self.handler.__self__, ws, request, compress)
-            # The handshake's headers, copied into the environ, are read by no one from
-            # here on; python-socketio would keep them for the socket's life.
-            environ.clear()
             return ws
 
     return WebSocket
@@ -250,6 +248,9 @@ class Pinger:
 
     __slots__ = ("socket", "_loop", "_expiry")
 
+    #: Timers run their callbacks in a context; pings need none, so all share one.
+    _context = contextvars.Context()
+
     def __init__(self, socket: AsyncSocket) -> None:
         self.socket = socket
         self._loop = asyncio.get_running_loop()
@@ -262,14 +263,14 @@ class Pinger:
             self._expiry = None
         if self.socket.last_ping:
             self.socket.last_ping = None
-            self._loop.call_later(self.socket.server.ping_interval, self._ping)
+            self._loop.call_later(self.socket.server.ping_interval, self._ping, context=self._context)
 
     def _ping(self) -> None:
         socket = self.socket
         if not socket.closing and not socket.closed:
             socket.last_ping = time.time()
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
-            self._expiry = self._loop.call_later(socket.server.ping_timeout, self._expire)
+            self._expiry = self._loop.call_later(socket.server.ping_timeout, self._expire, context=self._context)
 
     def _expire(self) -> None:
         socket = self.socket
