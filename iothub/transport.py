@@ -109,7 +109,7 @@ class Pump:
     socket's queue.
     """
 
-    __slots__ = ("socket", "server", "ws", "transport", "compress", "_loop", "_pending", "_closing", "_closed", "_sent")
+    __slots__ = ("socket", "server", "ws", "transport", "compress", "_loop", "_pending", "_closing", "_close_started", "_sent")
 
     def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool) -> None:
         self.socket = socket
@@ -122,7 +122,7 @@ class Pump:
         self._pending: list[Any] = []
         #: Whether a CLOSE packet was put: nothing goes out after it, and the WebSocket closes.
         self._closing = False
-        self._closed = False
+        self._close_started = False
         self._sent: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
@@ -221,8 +221,8 @@ class Pump:
                 self._sent = asyncio.ensure_future(self._send_compressed(self._sent, pending))
             else:
                 transport.write(b"".join(pending))
-        if self._closing and not self._closed:
-            self._closed = True
+        if self._closing and not self._close_started:
+            self._close_started = True
             asyncio.ensure_future(self.ws.close())
 
     async def _send_compressed(self, previous: asyncio.Future[None] | None, texts: list[Any]) -> None:
