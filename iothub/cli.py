@@ -96,7 +96,7 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(overrides: dict[str, str | None]) -> int:
-    from .app import Hub
+    from .app import REQUEST_GRACE_S, Hub
 
     settings = Settings.load(**overrides)
     logging.basicConfig(
@@ -111,6 +111,7 @@ def serve(overrides: dict[str, str | None]) -> int:
         print=lambda _banner: print(hub.describe(), flush=True),
         loop=new_event_loop(),
         access_log=None,
+        shutdown_timeout=REQUEST_GRACE_S,
     )
     return 1 if hub.lost else 0  # rows the store never took: say so to whatever restarts the server
 
