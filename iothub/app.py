@@ -5,8 +5,9 @@ supervisor, plus the REST routes, all on one aiohttp application and one port.
 
 Shutdown (SIGTERM/SIGINT, through aiohttp): the listener closes, telemetry is
 refused, the write-behind writes everything it took (waiting at most
-IOTHUB_SHUTDOWN_TIMEOUT_MS for a failing store), the sockets close, and last
-the store.
+IOTHUB_SHUTDOWN_TIMEOUT_MS for a failing store), the sockets close (held
+long-polls answered), requests still open after REQUEST_GRACE_S are cut, and
+last the store closes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from .supervisor import Supervisor
 from .writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
+
+#: How long a shutdown waits, once the sockets are closed, for requests still open (aiohttp's
+#: default is 60 s): a WebSocket client that does not answer the close, a slow REST call.
+REQUEST_GRACE_S = 5.0
 
 
 class Hub:

@@ -7,28 +7,39 @@ reports what a fleet operator cares about: acknowledged and delivered messages
 per second, device-to-dashboard latency, server CPU per message (from /proc),
 server memory per connection, messages lost, duplicated or out of order, and
 alerts expected versus received.
+
+``iothub:<store>`` is this project with ``IOTHUB_STORE=<store>``, so that one
+run compares persistence on (``iothub``: SQLite) and off (``iothub:memory``).
+A started iothub keeps its SQLite file in a temporary folder, removed when it
+stops, unless ``--server-env IOTHUB_DB_PATH=…`` names one. Several rounds run
+the servers in turn (A B A B …), so that drift on a shared machine hits each
+alike, and report each round and the medians.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import msgspec
 
+from .config import StoreKind
 from .fleet import Dashboard, Device, Tally, owner_of, start_all
 
 BASELINE = Path(__file__).resolve().parent.parent / "bench" / "baseline_server.py"
+STORES = tuple(kind for kind in get_args(StoreKind) if kind != "auto")
 
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,18 +84,35 @@ class Result(msgspec.Struct, kw_only=True):
     timeline: list[tuple[int, int, int]]
 
 
-class ServerProcess:
-    """A server this benchmark started, pinned to one core, stopped by its pid."""
+def check_server(spec: str) -> None:
+    """Refuse a ``--server`` that names nothing this benchmark can run or reach."""
+    kind, colon, store = spec.partition(":")
+    if spec.startswith(("http://", "https://")) or spec == "baseline" or (kind == "iothub" and (not colon or store in STORES)):
+        return
+    raise ValueError(f"--server {spec}: give iothub, iothub:<store> ({', '.join(STORES)}), baseline or a URL")
 
-    def __init__(self, kind: str, port: int, env: dict[str, str]) -> None:
+
+class ServerProcess:
+    """A server this benchmark started (``iothub``, ``iothub:<store>`` or ``baseline``), stopped by its pid."""
+
+    def __init__(self, spec: str, port: int, env: dict[str, str]) -> None:
+        kind, _, store = spec.partition(":")
+        #: The started iothub's SQLite folder, unless ``env`` names a file: the benchmark's rows stay out of data/.
+        self.data: tempfile.TemporaryDirectory[str] | None = None
         if kind == "baseline":
             if not BASELINE.exists():
                 raise SystemExit(f"the baseline server is not at {BASELINE}; run from a checkout")
             command = [sys.executable, str(BASELINE), "--port", str(port)]
         else:
             command = [sys.executable, "-m", "iothub", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            env = {**env, "IOTHUB_STORE": store} if store else dict(env)
+            if "IOTHUB_DB_PATH" not in env:
+                self.data = tempfile.TemporaryDirectory(prefix="iothub-bench-")
+                env["IOTHUB_DB_PATH"] = str(Path(self.data.name) / "iothub.db")
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        #: Its log, in a file: a pipe nobody reads while the load runs would stop a server that logs a lot.
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=self.log)
         self.pid = self.process.pid
         deadline = time.monotonic() + 30
         while True:
@@ -93,7 +121,10 @@ class ServerProcess:
                 break
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{kind} server did not start: {self.process.stderr.read().decode()[-2000:]}") from None
+                    self.log.seek(0)
+                    said = self.log.read().decode(errors="replace")[-2000:]
+                    self.stop()
+                    raise SystemExit(f"{spec} server did not start: {said}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -104,6 +135,19 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.kill(self.pid, signal.SIGKILL)
                 self.process.wait()
+        self.log.close()
+        if self.data is not None:
+            self.data.cleanup()
+
+
+def pin_threads(pid: int, cores: set[int]) -> None:
+    """Keep every thread of process ``pid`` on ``cores``.
+
+    Linux keeps an affinity per thread: pinning the pid alone would leave the threads the process
+    already has (a store's writer, say) where they were, on the load's core perhaps."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cores)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -255,41 +299,52 @@ def run(
     servers: list[str],
     out_dir: Path,
     *,
+    rounds: int = 1,
     pin: bool = True,
     pid: int | None = None,
     server_env: dict[str, str] | None = None,
 ) -> list[Result]:
-    """Benchmark each server in turn (``iothub``, ``baseline`` or a URL); write the JSON and the chart."""
+    """Benchmark the servers in turn, ``rounds`` times; write the JSON (every run) and the chart (the first round)."""
     from . import benchreport
-    from .loop import new_event_loop
 
-    cores = sorted(os.sched_getaffinity(0))
+    cores = sorted(os.sched_getaffinity(0)) if pin else []
     results = []
-    for server in servers:
-        started = None if server.startswith("http") else ServerProcess(server, _free_port(), server_env or {})
-        url, server_pid = (server, pid) if started is None else (started.url, started.pid)
-        if pin and len(cores) > 1 and server_pid:
-            os.sched_setaffinity(server_pid, {cores[0]})
-            os.sched_setaffinity(0, set(cores[1:]))
-        try:
-            loop = new_event_loop()
-            try:
-                results.append(loop.run_until_complete(drive(scenario, url, server_pid, server)))
-            finally:
-                loop.close()
-        finally:
-            if started is not None:
-                started.stop()
+    for round_number in range(1, rounds + 1):
+        for server in servers:
+            label = server if rounds == 1 else f"{server} #{round_number}"
+            results.append(_run_one(scenario, server, label, cores=cores, pid=pid, server_env=server_env or {}))
+        print(benchreport.table(results[-len(servers) :]))
+    if rounds > 1:
+        print(benchreport.rounds(results, servers))
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(benchreport.table(results))
     benchreport.write_json(results, stem.with_suffix(".json"))
     print(f"wrote {stem.with_suffix('.json')}")
-    if benchreport.write_chart(results, stem.with_suffix(".png")):
+    if benchreport.write_chart(results[: len(servers)], stem.with_suffix(".png")):
         print(f"wrote {stem.with_suffix('.png')}")
     else:
         print("no chart: install matplotlib (pip install -e '.[bench]')")
     return results
+
+
+def _run_one(scenario: Scenario, server: str, label: str, *, cores: list[int], pid: int | None, server_env: dict[str, str]) -> Result:
+    """Start ``server`` unless it is a URL, pin it to the first of ``cores`` and the load to the others, drive it."""
+    from .loop import new_event_loop
+
+    started = None if server.startswith("http") else ServerProcess(server, _free_port(), server_env)
+    url, server_pid = (server, pid) if started is None else (started.url, started.pid)
+    if len(cores) > 1 and server_pid:
+        pin_threads(server_pid, {cores[0]})
+        pin_threads(os.getpid(), set(cores[1:]))
+    try:
+        loop = new_event_loop()
+        try:
+            return loop.run_until_complete(drive(scenario, url, server_pid, label))
+        finally:
+            loop.close()
+    finally:
+        if started is not None:
+            started.stop()
 
 
 def _free_port() -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import msgspec
 
-from .benchmark import Result
+from .benchmark import Result, Scenario
 
 
 def table(results: list[Result]) -> str:
@@ -29,15 +30,55 @@ def table(results: list[Result]) -> str:
         rows.append((f"CPU per message, {results[1].server} / {results[0].server}", lambda r, x=ratio: f"{x:.2f}×" if r is results[0] else ""))
     header = ["", *(r.server for r in results)]
     lines = [[label, *(cell(r) for r in results)] for label, cell in rows]
-    widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
-    render = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    scenario = results[0].scenario
-    title = (
+    return "\n".join([_title(results[0].scenario), _render(header, lines)])
+
+
+def rounds(results: list[Result], servers: list[str]) -> str:
+    """Each round's acknowledged msg/s and CPU per message by server, and the first server's throughput
+    over each other's in that round; then the medians (of the ratios, for the ratio columns)."""
+    width = len(servers)
+    runs = [results[start : start + width] for start in range(0, len(results), width)]
+    ratios = [[_ratio(run[0], other) for other in run[1:]] for run in runs]
+    header = ["round", *servers, *(f"{servers[0]} / {server}" for server in servers[1:])]
+    lines = [
+        [str(number), *map(_throughput, run), *(_maybe(ratio, "{:.3f}") for ratio in run_ratios)]
+        for number, (run, run_ratios) in enumerate(zip(runs, ratios), 1)
+    ]
+    medians = [
+        f"{statistics.median(r.acked_per_second for r in column):,.0f} msg/s, "
+        + _maybe(_median([r.server_cpu_us_per_message for r in column]), "{:.1f} µs/msg")
+        for column in zip(*runs)
+    ]
+    lines.append(["median", *medians, *(_maybe(_median(list(column)), "{:.3f}") for column in zip(*ratios))])
+    return "\n".join([f"{_title(results[0].scenario)}, {len(runs)} rounds", _render(header, lines)])
+
+
+def _title(scenario: Scenario) -> str:
+    return (
         f"scenario {scenario.name}: {scenario.devices} devices, {scenario.dashboards} dashboards, "
         + (f"{scenario.window} in flight per device" if scenario.window else f"{scenario.rate:g} msg/s in all")
         + f", {scenario.duration:g} s measured"
     )
-    return "\n".join([title, render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(render, lines)])
+
+
+def _render(header: list[str], lines: list[list[str]]) -> str:
+    """A Markdown table."""
+    widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
+    render = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(render, lines)])
+
+
+def _throughput(result: Result) -> str:
+    return f"{result.acked_per_second:,.0f} msg/s, " + _maybe(result.server_cpu_us_per_message, "{:.1f} µs/msg")
+
+
+def _ratio(result: Result, other: Result) -> float | None:
+    return result.acked_per_second / other.acked_per_second if other.acked_per_second else None
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
 
 
 def _maybe(value: float | None, pattern: str) -> str:

@@ -41,15 +41,25 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--scenario", choices=SCENARIOS, default="burst")
     bench.add_argument(
-        "--server", action="append", help="iothub (default), baseline, or the URL of a running server; repeat to compare"
+        "--server",
+        action="append",
+        help="iothub (default), iothub:<store> (that store: sqlite, mongodb or memory), baseline, "
+        "or the URL of a running server; repeat to compare",
     )
+    bench.add_argument("--rounds", type=int, default=1, help="run the servers in turn this many times; report the medians")
     bench.add_argument("--pid", type=int, help="pid of the server at --server URL, for its CPU and memory")
     bench.add_argument("--devices", type=int)
     bench.add_argument("--dashboards", type=int)
     bench.add_argument("--window", type=int, help="messages in flight per device")
     bench.add_argument("--rate", type=float, help="messages per second from the whole fleet (instead of --window)")
     bench.add_argument("--duration", type=float, help="seconds measured, after the warm-up")
-    bench.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="environment of a started iothub")
+    bench.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of a started iothub (its SQLite file is a temporary one unless IOTHUB_DB_PATH is given)",
+    )
     bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG (default bench/results)")
     bench.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to separate cores")
 
@@ -96,7 +106,7 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(overrides: dict[str, str | None]) -> int:
-    from .app import Hub
+    from .app import REQUEST_GRACE_S, Hub
 
     settings = Settings.load(**overrides)
     logging.basicConfig(
@@ -111,6 +121,7 @@ def serve(overrides: dict[str, str | None]) -> int:
         print=lambda _banner: print(hub.describe(), flush=True),
         loop=new_event_loop(),
         access_log=None,
+        shutdown_timeout=REQUEST_GRACE_S,
     )
     return 1 if hub.lost else 0  # rows the store never took: say so to whatever restarts the server
 
@@ -120,17 +131,27 @@ def bench(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from .benchmark import SCENARIOS, run
+    from .benchmark import SCENARIOS, check_server, run
 
     changes = {name: getattr(args, name) for name in ("devices", "dashboards", "window", "rate", "duration")}
     if args.rate is not None and args.window is None:
         changes["window"] = 0
     scenario = msgspec.structs.replace(SCENARIOS[args.scenario], **{k: v for k, v in changes.items() if v is not None})
-    if not scenario.window and not scenario.rate:
-        print("iothub: give --window or --rate", file=sys.stderr)
+    servers = args.server or ["iothub"]
+    try:
+        if not scenario.window and not scenario.rate:
+            raise ValueError("give --window or --rate")
+        if args.rounds < 1:
+            raise ValueError("--rounds must be 1 or more")
+        for server in servers:
+            check_server(server)
+        if any("=" not in item for item in args.server_env):
+            raise ValueError("--server-env takes NAME=VALUE")
+    except ValueError as exc:
+        print(f"iothub: {exc}", file=sys.stderr)
         return 2
     server_env = dict(item.split("=", 1) for item in args.server_env)
-    run(scenario, args.server or ["iothub"], Path(args.out), pin=not args.no_pin, pid=args.pid, server_env=server_env)
+    run(scenario, servers, Path(args.out), rounds=args.rounds, pin=not args.no_pin, pid=args.pid, server_env=server_env)
     return 0
 
 

@@ -111,9 +111,17 @@ class Gateway(socketio.AsyncServer):
         self.durable = durable
 
     async def close_connections(self) -> None:
-        """Close every socket's transport; clients reconnect, to the next server, on their own."""
-        if self.eio.sockets:
-            await self.eio.disconnect()
+        """Close every socket and answer the long-polls they hold; clients reconnect, to the next server, on their own.
+
+        Engine.IO answers a pending polling GET only once the socket has a packet for it, or after ping
+        interval + ping timeout (45 s) — even when the client has already closed the session — and
+        aiohttp's shutdown waits for open requests. ``None`` on a socket's queue ends its poll (and its
+        WebSocket writer) now.
+        """
+        for socket in list(self.eio.sockets.values()):
+            await socket.close(wait=False)
+            socket.queue.put_nowait(None)
+        self.eio.sockets.clear()
 
     # ------------------------------------------------------------------ Outbox
 

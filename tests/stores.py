@@ -4,6 +4,8 @@ MongoDB is a real server when ``IOTHUB_TEST_MONGODB_URI`` is set (each maker
 gets its own database, dropped afterwards); otherwise it is mongomock-motor, an
 in-process imitation — and the test ids say ``mongomock-motor``, not
 ``mongodb``, so that no one reads more into a green run than it shows.
+
+:class:`FlakyStore` is a memory store that fails while told to: an outage on demand.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import uuid
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,7 +22,7 @@ import mongomock.collection
 from mongomock_motor import AsyncMongoMockClient
 from motor.motor_asyncio import AsyncIOMotorClient
 
-from iothub.store import Store
+from iothub.store import AlertRecord, DeviceRecord, Page, Store, TelemetryRecord, Window
 from iothub.store.memory import MemoryStore
 from iothub.store.mongo import MongoStore
 from iothub.store.sqlite import SQLiteStore
@@ -81,3 +84,44 @@ def database_of(maker: StoreMaker) -> Any:
     """The motor database a MongoDB maker's stores use, to look at it from the side."""
     client = maker.mock if maker.mock is not None else AsyncIOMotorClient(maker.uri)
     return client.get_database(urlsplit(maker.uri).path.lstrip("/"))
+
+
+class FlakyStore(MemoryStore):
+    """A memory store that records its batches and, while ``failing``, fails every call, as a store
+    does during an outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+        self.batches: list[tuple[int, int, int]] = []
+        self.attempts = 0
+
+    def _check(self) -> None:
+        if self.failing:
+            raise ConnectionError("the store is down")
+
+    async def write(
+        self, telemetry: Sequence[TelemetryRecord], alerts: Sequence[AlertRecord], owners: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        self.attempts += 1
+        self._check()
+        self.batches.append((len(telemetry), len(alerts), len(owners)))
+        await super().write(telemetry, alerts, owners)
+
+    async def owner_of(self, imei: str) -> str | None:
+        self._check()
+        return await super().owner_of(imei)
+
+    async def devices_of(self, email: str) -> list[DeviceRecord]:
+        self._check()
+        return await super().devices_of(email)
+
+    async def telemetry_history(self, imei: str, window: Window) -> Page[TelemetryRecord]:
+        self._check()
+        return await super().telemetry_history(imei, window)
+
+    async def alert_history(
+        self, window: Window, *, imeis: Collection[str] | None = None, code: str | None = None, level: str | None = None
+    ) -> Page[AlertRecord]:
+        self._check()
+        return await super().alert_history(window, imeis=imeis, code=code, level=level)

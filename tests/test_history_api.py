@@ -1,4 +1,5 @@
-"""The history API against a real server: filters, pages, limits, bad parameters and who may read what."""
+"""The history API against a real server: filters, pages, limits, bad parameters and who may read what;
+and, in process, what it answers while the store does not."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 import socketio
+from aiohttp.test_utils import TestClient, TestServer
+
+from iothub.app import Hub
+from iothub.config import Settings
 
 from .server import RunningServer
+from .stores import FlakyStore
 
 T0 = 1_700_000_000_000
 TIMEOUT = 10.0
@@ -219,3 +225,28 @@ async def test_bad_alert_parameters_are_400(server, session, query: str, code: s
 async def test_a_bad_imei_in_the_path_is_400(server, session) -> None:
     status, body = await get(session, server, "/api/telemetry/not-an-imei")
     assert status == 400 and body["code"] == "INVALID_IMEI"
+
+
+# --------------------------------------------------------------------------- the store down
+
+
+async def test_a_store_that_does_not_answer_is_503_store_unavailable() -> None:
+    """In process, over real HTTP, with a store that fails every read (an outage)."""
+    store = FlakyStore()
+    hub = Hub(Settings.load({}), store=store)
+    admin, user = hub.authenticator.mint("admin@example.com", "admin"), hub.authenticator.mint("u@example.com", "user")
+    reads = [
+        ("/api/telemetry/356938035643809", admin),  # the history itself
+        ("/api/alerts", admin),
+        ("/api/alerts", user),  # which devices the user owns
+        ("/api/alerts?imei=356938035643809", user),  # who owns this one
+    ]
+    async with TestClient(TestServer(hub.application())) as client:
+        store.failing = True
+        for path, token in reads:
+            response = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+            body = await response.json()
+            assert (response.status, body["success"], body["code"]) == (503, False, "STORE_UNAVAILABLE"), (path, body)
+            assert "retry" in body["message"]
+        store.failing = False
+        assert (await client.get("/api/alerts", headers={"Authorization": f"Bearer {admin}"})).status == 200

@@ -21,13 +21,17 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import socketio
 
+from .clients import connect
 from .server import RunningServer
 
 T0 = 1_700_000_000_000
 TIMEOUT = 10.0
+#: Well under the 45 s a held long-poll would keep a shutdown waiting.
+SHUTDOWN_BOUND_S = 15.0
 
 
 @asynccontextmanager
@@ -73,6 +77,37 @@ def locked(db_path: Path) -> Iterator[None]:
     finally:
         connection.execute("ROLLBACK")
         connection.close()
+
+
+@asynccontextmanager
+async def held_poll(server: RunningServer) -> AsyncIterator[asyncio.Future[tuple[int, str]]]:
+    """A raw Engine.IO polling session left as a client leaves it when it disconnects: a GET
+    pending, then a CLOSE packet POSTed. The server holds that GET; yields the future of its (status, body)."""
+    sent = asyncio.Event()
+
+    async def headers_sent(*_: Any) -> None:
+        sent.set()
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_headers_sent.append(headers_sent)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), trace_configs=[tracing]) as session:
+
+        async def request(method: str, url: str, body: str | None = None) -> tuple[int, str]:
+            async with session.request(method, url, data=body) as response:
+                return response.status, await response.text()
+
+        base = server.url + "/socket.io/?EIO=4&transport=polling"
+        url = f"{base}&sid={json.loads((await request('GET', base))[1][1:])['sid']}"
+        assert await request("POST", url, "40") == (200, "OK")
+        assert (await request("GET", url))[1].startswith("40")  # connected
+        sent.clear()
+        held = asyncio.ensure_future(request("GET", url))
+        await asyncio.wait_for(sent.wait(), TIMEOUT)  # the poll reaches the server before the close
+        assert await request("POST", url, "1") == (200, "OK")
+        try:
+            yield held
+        finally:
+            held.cancel()
 
 
 # --------------------------------------------------------------------------- restart
@@ -168,6 +203,29 @@ async def test_a_clean_shutdown_writes_the_buffer_and_exits_0(
         assert get_json(server, "/api/realtime/status")["data"]["backlog"] == 50  # all of it still in the buffer
         assert server.stop(stop_signal) == 0
     assert stored_timestamps(db, device_imei) == [T0 + n for n in range(50)]
+
+
+async def test_a_clean_shutdown_releases_long_polls(
+    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str]
+) -> None:
+    """engine.io holds a polling client's pending GET until it has a packet to send, up to ping
+    interval + ping timeout (45 s), even after that client has closed its session — and aiohttp's
+    shutdown waits for open requests. Shutdown answers every held poll instead."""
+    gone_imei, polling_imei, db = imei(), imei(), tmp_path / "iothub.db"
+    server = server_factory(IOTHUB_DB_PATH=str(db), IOTHUB_FLUSH_INTERVAL_MS="3600000", IOTHUB_BATCH_ROWS="100000")
+    async with connect(server.url, transports=["polling"]) as gone:
+        await gone.register(gone_imei)
+        await gone.telemetry(gone_imei, {}, T0)
+    async with connect(server.url, transports=["polling"]) as polling:
+        await polling.register(polling_imei)
+        for n in range(20):
+            await polling.telemetry(polling_imei, {"n": n}, T0 + n)
+        async with held_poll(server) as held:
+            assert get_json(server, "/api/realtime/status")["data"]["backlog"] == 21
+            assert server.stop(signal.SIGTERM, timeout=SHUTDOWN_BOUND_S) == 0
+            assert (await held)[0] == 200  # answered, not cut off
+    assert stored_timestamps(db, gone_imei) == [T0]
+    assert stored_timestamps(db, polling_imei) == [T0 + n for n in range(20)]
 
 
 # --------------------------------------------------------------------------- outage

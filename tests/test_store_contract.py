@@ -7,7 +7,9 @@ the test ids say). Store-specific promises (files, indexes, retention) follow.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
@@ -15,7 +17,7 @@ import pytest
 
 from iothub.store import AlertRecord, InvalidCursor, Page, Store, TelemetryRecord, Window, encode_cursor
 from iothub.store.memory import MemoryStore
-from iothub.store.sqlite import SQLiteStore
+from iothub.store.sqlite import WRITER_NICENESS, SQLiteStore
 
 from .stores import KINDS, MONGO, PERSISTENT_KINDS, StoreMaker, database_of
 
@@ -232,6 +234,20 @@ async def test_sqlite_writes_a_batch_larger_than_one_statement_in_one_transactio
         assert len((await store.telemetry_history(IMEI_A, Window())).items) == 12
         assert len((await store.alert_history(Window())).items) == 7
         assert [d.last for d in await store.devices_of(ALICE)] == [rows[23], rows[24]]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_writer_yields_the_cpu_to_the_event_loop_and_the_reader_does_not(tmp_path) -> None:
+    store = SQLiteStore(tmp_path / "iothub.db")
+    await store.open()
+    try:
+        writer, reader = await store._writer.run(threading.get_native_id), await store._reader.run(threading.get_native_id)
+        ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, writer) == min(19, ours + WRITER_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, reader) == ours
+        # its statement journals stay in memory: no temporary file per batch
+        assert await store._writer.run(lambda: store._writer.connection.execute("PRAGMA temp_store").fetchone()) == (2,)
     finally:
         await store.close()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import pytest
@@ -17,44 +17,15 @@ from iothub.alerts import AlertEngine
 from iothub.errors import ErrorCode, ProtocolError
 from iothub.protocol import TelemetryData
 from iothub.store import AlertRecord, DeviceRecord, TelemetryRecord
-from iothub.store.memory import MemoryStore
 from iothub.supervisor import Supervisor
 from iothub.writebehind import WriteBehind
+
+from .stores import FlakyStore
 
 IMEI_A, IMEI_B = "356938035643809", "490154203237518"
 ALICE, BOB = "alice@example.com", "bob@example.com"
 T0 = 1_700_000_000_000
 HOUR = 3600.0
-
-
-class FlakyStore(MemoryStore):
-    """A memory store that records its batches and, while ``failing``, fails every call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failing = False
-        self.batches: list[tuple[int, int, int]] = []
-        self.attempts = 0
-
-    def _check(self) -> None:
-        if self.failing:
-            raise ConnectionError("the store is down")
-
-    async def write(
-        self, telemetry: Sequence[TelemetryRecord], alerts: Sequence[AlertRecord], owners: Sequence[tuple[str, str]] = ()
-    ) -> None:
-        self.attempts += 1
-        self._check()
-        self.batches.append((len(telemetry), len(alerts), len(owners)))
-        await super().write(telemetry, alerts, owners)
-
-    async def owner_of(self, imei: str) -> str | None:
-        self._check()
-        return await super().owner_of(imei)
-
-    async def devices_of(self, email: str) -> list[DeviceRecord]:
-        self._check()
-        return await super().devices_of(email)
 
 
 def row(n: int, imei: str = IMEI_A) -> TelemetryRecord:

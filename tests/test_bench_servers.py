@@ -1,0 +1,101 @@
+"""``iothub bench``'s servers: which store a started iothub uses, where its rows go, and bad --server values.
+
+The servers here are real ``iothub serve`` processes started the way the
+benchmark starts them, without any load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iothub.benchmark import ServerProcess, pin_threads
+from iothub.cli import main
+
+from .server import free_port
+
+
+def status(server: ServerProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(server.url + "/api/realtime/status", timeout=10) as response:
+        return json.loads(response.read())["data"]
+
+
+@pytest.fixture
+def started() -> Any:
+    """``started(spec, env)``: a benchmark server, stopped at the end."""
+    servers: list[ServerProcess] = []
+
+    def start(spec: str, env: dict[str, str] | None = None) -> ServerProcess:
+        servers.append(ServerProcess(spec, free_port(), env or {}))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_a_started_iothub_writes_to_a_temporary_file_removed_when_it_stops(started, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default data/iothub.db would land
+    server = started("iothub")
+    database = Path(server.data.name) / "iothub.db"
+    assert status(server)["store"] == "sqlite"
+    assert database.is_file()
+    server.stop()
+    assert not database.parent.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_after_the_colon_is_that_servers_store(started, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert status(started("iothub:memory"))["store"] == "memory"
+    assert status(started("iothub:sqlite"))["store"] == "sqlite"
+
+
+def test_a_database_given_in_server_env_is_used_and_kept(started, tmp_path) -> None:
+    database = tmp_path / "kept" / "bench.db"
+    server = started("iothub", {"IOTHUB_DB_PATH": str(database)})
+    assert server.data is None
+    server.stop()
+    assert database.is_file()
+
+
+def test_a_server_that_does_not_start_says_why_and_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(SystemExit, match="iothub:mongodb server did not start: .*IOTHUB_STORE=mongodb needs MONGODB_URI"):
+        ServerProcess("iothub:mongodb", free_port(), {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pinning_a_server_pins_every_thread_it_has(started, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    server = started("iothub")  # open by now: its SQLite writer and reader threads exist
+    core = min(os.sched_getaffinity(0))
+    pin_threads(server.pid, {core})
+    threads = list(Path(f"/proc/{server.pid}/task").iterdir())
+    assert len(threads) >= 3
+    assert {int(thread.name): os.sched_getaffinity(int(thread.name)) for thread in threads} == {
+        int(thread.name): {core} for thread in threads
+    }
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--server", "iothub:postgres"], "--server iothub:postgres: give iothub, iothub:<store> (sqlite, mongodb, memory)"),
+        (["--server", "iothub:"], "--server iothub:: give iothub"),
+        (["--server", "nginx"], "--server nginx: give iothub"),
+        (["--rounds", "0"], "--rounds must be 1 or more"),
+        (["--server-env", "IOTHUB_STORE"], "--server-env takes NAME=VALUE"),
+        (["--rate", "0", "--window", "0"], "give --window or --rate"),
+    ],
+)
+def test_bad_bench_arguments_are_refused_before_anything_starts(arguments: list[str], message: str, capsys) -> None:
+    assert main(["bench", "--out", "/nonexistent/never-written", *arguments]) == 2
+    assert message in capsys.readouterr().err
