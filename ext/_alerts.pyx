@@ -134,7 +134,7 @@ ctypedef const unsigned char *Text
 
 
 cdef inline Text skip_space(Text p, Text end) noexcept nogil:
-    while p < end and (p[0] == b' ' or p[0] == b'\n' or p[0] == b'\r' or p[0] == b'\t'):
+    while p < end and p[0] <= b' ' and (p[0] == b' ' or p[0] == b'\n' or p[0] == b'\r' or p[0] == b'\t'):
         p += 1
     return p
 
@@ -277,51 +277,63 @@ cdef double *EXACT_POWERS = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1
 cdef inline Text read_double(Text p, Text end, double *value):
     """A finite number, as msgspec reads it into a float; NULL for anything else.
 
-    Up to 15 significant digits times an exact power of ten is one correctly
-    rounded operation (Clinger's fast path); anything else goes to Python's
-    correctly rounded parser. Either way it is the double msgspec makes.
+    One pass checks JSON's grammar and gathers the digits. Up to 15
+    significant digits times an exact power of ten is one correctly rounded
+    operation (Clinger's fast path); anything else goes to Python's correctly
+    rounded parser. Either way it is the double msgspec makes.
     """
-    cdef bint integral
+    cdef Text start = p
     cdef char *parsed
-    cdef Text after = skip_number(p, end, &integral)
-    cdef Text q = p
     cdef unsigned long long mantissa = 0
     cdef int digits = 0, exponent = 0, written = 0
     cdef bint negative = False, exponent_negative = False
-    if after == NULL:
-        return NULL
-    if q[0] == b'-':
+    if p < end and p[0] == b'-':
         negative = True
-        q += 1
-    while q < after and b'0' <= q[0] <= b'9':
-        mantissa = mantissa * 10 + (q[0] - 48) if digits < 19 else mantissa
-        digits += mantissa != 0
-        q += 1
-    if q < after and q[0] == b'.':
-        q += 1
-        while q < after and b'0' <= q[0] <= b'9':
-            mantissa = mantissa * 10 + (q[0] - 48) if digits < 19 else mantissa
-            digits += mantissa != 0
+        p += 1
+    if p >= end:
+        return NULL
+    if p[0] == b'0':
+        p += 1
+    elif b'1' <= p[0] <= b'9':
+        while p < end and b'0' <= p[0] <= b'9':
+            if digits < 19:
+                mantissa = mantissa * 10 + (p[0] - 48)
+            digits += 1
+            p += 1
+    else:
+        return NULL
+    if p < end and p[0] == b'.':
+        p += 1
+        if p >= end or not b'0' <= p[0] <= b'9':
+            return NULL
+        while p < end and b'0' <= p[0] <= b'9':
+            if mantissa or p[0] != b'0':  # zeros before the first significant digit only scale
+                if digits < 19:
+                    mantissa = mantissa * 10 + (p[0] - 48)
+                digits += 1
             exponent -= 1
-            q += 1
-    if q < after:  # the exponent
-        q += 1
-        if q[0] == b'-' or q[0] == b'+':
-            exponent_negative = q[0] == b'-'
-            q += 1
-        while q < after and written < 1000:
-            written = written * 10 + (q[0] - 48)
-            q += 1
+            p += 1
+    if p < end and (p[0] == b'e' or p[0] == b'E'):
+        p += 1
+        if p < end and (p[0] == b'+' or p[0] == b'-'):
+            exponent_negative = p[0] == b'-'
+            p += 1
+        if p >= end or not b'0' <= p[0] <= b'9':
+            return NULL
+        while p < end and b'0' <= p[0] <= b'9':
+            if written < 100000:
+                written = written * 10 + (p[0] - 48)
+            p += 1
         exponent += -written if exponent_negative else written
     if digits <= 15 and -22 <= exponent <= 22:
         value[0] = <double> mantissa * EXACT_POWERS[exponent] if exponent >= 0 else <double> mantissa / EXACT_POWERS[-exponent]
         if negative:
             value[0] = -value[0]
-        return after
-    value[0] = PyOS_string_to_double(<const char *> p, &parsed, NULL)
-    if <Text> parsed != after or isinf(value[0]):
+        return p
+    value[0] = PyOS_string_to_double(<const char *> start, &parsed, NULL)
+    if <Text> parsed != p or isinf(value[0]):
         return NULL
-    return after
+    return p
 
 
 cdef struct Member:

@@ -149,6 +149,20 @@ def test_plain_telemetry_is_read_in_one_pass(readings: dict[str, Any]) -> None:
     assert assert_agrees(engine, text)
 
 
+#: Any number JSON's grammar allows: long mantissas, zeros before and after, exponents of any size.
+json_number_text = st.from_regex(r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,4})?", fullmatch=True)
+
+
+@PROPERTY
+@given(spelling=json_number_text, field=st.sampled_from(["batteryVoltage", "engineRpm", "dtc", "crashDetection"]))
+def test_every_spelling_of_a_number_reads_as_msgspec_reads_it(spelling: str, field: str) -> None:
+    """The reader's own number parser makes msgspec's double, or declines (a number past the largest double)."""
+    engine = ENGINES["default rules"]
+    text = f'["telemetry_data",{{"imei":"123456789012345","data":{{"{field}":{spelling},"speed":{spelling}}}}}]'
+    read_it = assert_agrees(engine, text)
+    assert read_it or not isinstance(full_road(engine, text), tuple)
+
+
 # --------------------------------------------------------------------------- named cases
 
 
