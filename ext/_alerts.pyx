@@ -179,10 +179,22 @@ cdef Text skip_string(Text p, Text end, bint *escaped) noexcept nogil:
     return NULL
 
 
-cdef Text skip_number(Text p, Text end, bint *integral) noexcept nogil:
-    """A number by JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?"""
-    integral[0] = True
-    if p < end and p[0] == b'-':
+cdef struct Number:
+    unsigned long long mantissa   # the first 19 significant digits
+    int digits                    # how many significant digits there are
+    int exponent                  # the power of ten the mantissa is scaled by
+    bint negative
+
+
+cdef inline Text scan_number(Text p, Text end, Number *number) noexcept nogil:
+    """A number by JSON's grammar, -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, its digits gathered on the way."""
+    cdef int written = 0
+    cdef bint exponent_negative = False
+    number.mantissa = 0
+    number.digits = 0
+    number.exponent = 0
+    number.negative = p < end and p[0] == b'-'
+    if number.negative:
         p += 1
     if p >= end:
         return NULL
@@ -190,25 +202,35 @@ cdef Text skip_number(Text p, Text end, bint *integral) noexcept nogil:
         p += 1
     elif b'1' <= p[0] <= b'9':
         while p < end and b'0' <= p[0] <= b'9':
+            if number.digits < 19:
+                number.mantissa = number.mantissa * 10 + (p[0] - 48)
+            number.digits += 1
             p += 1
     else:
         return NULL
     if p < end and p[0] == b'.':
-        integral[0] = False
         p += 1
         if p >= end or not b'0' <= p[0] <= b'9':
             return NULL
         while p < end and b'0' <= p[0] <= b'9':
+            if number.mantissa or p[0] != b'0':  # zeros before the first significant digit only scale
+                if number.digits < 19:
+                    number.mantissa = number.mantissa * 10 + (p[0] - 48)
+                number.digits += 1
+            number.exponent -= 1
             p += 1
     if p < end and (p[0] == b'e' or p[0] == b'E'):
-        integral[0] = False
         p += 1
         if p < end and (p[0] == b'+' or p[0] == b'-'):
+            exponent_negative = p[0] == b'-'
             p += 1
         if p >= end or not b'0' <= p[0] <= b'9':
             return NULL
         while p < end and b'0' <= p[0] <= b'9':
+            if written < 100000:
+                written = written * 10 + (p[0] - 48)
             p += 1
+        number.exponent += -written if exponent_negative else written
     return p
 
 
@@ -222,6 +244,7 @@ cdef Text skip_value(Text p, Text end, int depth) noexcept nogil:
     """Any JSON value, checked and passed over."""
     cdef unsigned char c
     cdef bint flag = False
+    cdef Number number
     if p >= end or depth > MAX_DEPTH:
         return NULL
     c = p[0]
@@ -235,7 +258,7 @@ cdef Text skip_value(Text p, Text end, int depth) noexcept nogil:
         return skip_word(p, end, b"false", 5)
     if c == b'n':
         return skip_word(p, end, b"null", 4)
-    return skip_number(p, end, &flag)
+    return scan_number(p, end, &number)
 
 
 cdef Text skip_container(Text p, Text end, int depth) noexcept nogil:
@@ -277,63 +300,27 @@ cdef double *EXACT_POWERS = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1
 cdef inline Text read_double(Text p, Text end, double *value):
     """A finite number, as msgspec reads it into a float; NULL for anything else.
 
-    One pass checks JSON's grammar and gathers the digits. Up to 15
-    significant digits times an exact power of ten is one correctly rounded
-    operation (Clinger's fast path); anything else goes to Python's correctly
-    rounded parser. Either way it is the double msgspec makes.
+    Up to 15 significant digits times an exact power of ten is one correctly
+    rounded operation (Clinger's fast path); anything else goes to Python's
+    correctly rounded parser. Either way it is the double msgspec makes.
     """
-    cdef Text start = p
+    cdef Number number
     cdef char *parsed
-    cdef unsigned long long mantissa = 0
-    cdef int digits = 0, exponent = 0, written = 0
-    cdef bint negative = False, exponent_negative = False
-    if p < end and p[0] == b'-':
-        negative = True
-        p += 1
-    if p >= end:
+    cdef Text after = scan_number(p, end, &number)
+    if after == NULL:
         return NULL
-    if p[0] == b'0':
-        p += 1
-    elif b'1' <= p[0] <= b'9':
-        while p < end and b'0' <= p[0] <= b'9':
-            if digits < 19:
-                mantissa = mantissa * 10 + (p[0] - 48)
-            digits += 1
-            p += 1
-    else:
-        return NULL
-    if p < end and p[0] == b'.':
-        p += 1
-        if p >= end or not b'0' <= p[0] <= b'9':
-            return NULL
-        while p < end and b'0' <= p[0] <= b'9':
-            if mantissa or p[0] != b'0':  # zeros before the first significant digit only scale
-                if digits < 19:
-                    mantissa = mantissa * 10 + (p[0] - 48)
-                digits += 1
-            exponent -= 1
-            p += 1
-    if p < end and (p[0] == b'e' or p[0] == b'E'):
-        p += 1
-        if p < end and (p[0] == b'+' or p[0] == b'-'):
-            exponent_negative = p[0] == b'-'
-            p += 1
-        if p >= end or not b'0' <= p[0] <= b'9':
-            return NULL
-        while p < end and b'0' <= p[0] <= b'9':
-            if written < 100000:
-                written = written * 10 + (p[0] - 48)
-            p += 1
-        exponent += -written if exponent_negative else written
-    if digits <= 15 and -22 <= exponent <= 22:
-        value[0] = <double> mantissa * EXACT_POWERS[exponent] if exponent >= 0 else <double> mantissa / EXACT_POWERS[-exponent]
-        if negative:
+    if number.digits <= 15 and -22 <= number.exponent <= 22:
+        if number.exponent >= 0:
+            value[0] = <double> number.mantissa * EXACT_POWERS[number.exponent]
+        else:
+            value[0] = <double> number.mantissa / EXACT_POWERS[-number.exponent]
+        if number.negative:
             value[0] = -value[0]
-        return p
-    value[0] = PyOS_string_to_double(<const char *> start, &parsed, NULL)
-    if <Text> parsed != p or isinf(value[0]):
+        return after
+    value[0] = PyOS_string_to_double(<const char *> p, &parsed, NULL)
+    if <Text> parsed != after or isinf(value[0]):
         return NULL
-    return p
+    return after
 
 
 cdef struct Member:
