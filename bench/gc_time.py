@@ -9,7 +9,7 @@ SIGTERM, and read the last line of its output::
     python bench/gc_time.py bench/baseline_server.py --port 6163
     python bench/gc_time.py --no-gc bench/baseline_server.py --port 6163   # the same, GC off
 
-    GC generation 0: 3472 runs, 2.79 s; generation 1: 316 runs, 4.38 s; generation 2: 24 runs, 14.66 s; 431760 objects tracked
+    GC generation 0: 3917 runs, 1.48 s; generation 1: 356 runs, 2.60 s; generation 2: 28 runs, 14.16 s
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def on_gc(phase: str, info: dict[str, int]) -> None:
 
 def report() -> None:
     generations = "; ".join(f"generation {g}: {runs[g]} runs, {seconds[g]:.2f} s" for g in range(3))
-    print(f"GC {generations}; {len(gc.get_objects())} objects tracked", file=sys.stderr, flush=True)
+    print(f"GC {generations}", file=sys.stderr, flush=True)
 
 
 def main() -> None:
