@@ -137,8 +137,8 @@ class Gateway(socketio.AsyncServer):
 
         Engine.IO answers a pending polling GET only once the socket has a packet for it, or after ping
         interval + ping timeout (45 s) — even when the client has already closed the session — and
-        aiohttp's shutdown waits for open requests. ``None`` on a socket's queue ends its poll (and its
-        WebSocket writer) now.
+        aiohttp's shutdown waits for open requests. ``None`` on a polling socket's queue ends its poll now;
+        a WebSocket's pump takes the CLOSE packet, writes it and closes.
         """
         for socket in list(self.eio.sockets.values()):
             await socket.close(wait=False)
