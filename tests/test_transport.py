@@ -89,3 +89,29 @@ async def test_many_events_to_one_socket_arrive_whole_and_in_order(server, imei,
             await device.sio.emit("telemetry_data", {"imei": device_imei, "timestamp": sequence, "data": {"seq": sequence}})
         await until(lambda: len(dashboard.payloads("telemetry_update")) >= 300)
         assert [update["data"]["seq"] for update in dashboard.payloads("telemetry_update")] == list(range(300))
+
+
+async def test_with_compression_on_replies_arrive_compressed_whole_and_in_order(server_factory, imei) -> None:
+    """IOTHUB_WS_COMPRESSION=true: aiohttp compresses each frame as it sends, one send after another."""
+    compressing = server_factory(IOTHUB_WS_COMPRESSION="true")
+    device_imei = imei()
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(compressing.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket", compress=15)
+        assert ws.compress == 15  # permessage-deflate was negotiated
+        assert (await ws.receive_str()).startswith("0")
+        await ws.send_str("40")
+        assert (await ws.receive_str()).startswith("40")
+        await ws.send_str("420" + json.dumps(["register_device", {"imei": device_imei}]))
+        assert json.loads((await ws.receive_str())[3:])[0]["success"] is True
+        for ack_id in range(1, 201):
+            event = ["telemetry_data", {"imei": device_imei, "data": {"seq": ack_id}}]
+            await ws.send_str(f"42{ack_id}" + json.dumps(event))
+        acks = []
+        while len(acks) < 200:
+            text = await asyncio.wait_for(ws.receive_str(), 10)
+            if text == "2":
+                await ws.send_str("3")
+                continue
+            acks.append(text)
+        assert acks == [f'43{ack_id}[{{"success":true,"message":"Telemetry processed successfully"}}]' for ack_id in range(1, 201)]
+        await ws.close()
