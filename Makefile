@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test bench build clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard ext/*.pyx)
+$(STAMP): pyproject.toml setup.py $(wildcard iothub/core/*.pyx)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'
@@ -29,4 +29,4 @@ bench: $(STAMP)
 	$(BIN)/iothub bench --scenario fleet --server iothub --server iothub:memory --server baseline
 
 clean:
-	rm -rf $(VENV) build *.egg-info iothub/*.so ext/*.c
+	rm -rf $(VENV) build *.egg-info iothub/core/*.so iothub/core/*.c

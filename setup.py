@@ -1,10 +1,10 @@
-"""Builds the compiled hot path (``ext/*.pyx``) into the ``iothub`` package."""
+"""Builds the compiled hot path (``iothub/core/_alerts.pyx``) into ``iothub.core._alerts``."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
-    Extension("iothub._alerts", ["ext/_alerts.pyx"], extra_compile_args=["-O3"]),
+    Extension("iothub.core._alerts", ["iothub/core/_alerts.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

@@ -12,13 +12,13 @@ import json
 import msgspec
 import pytest
 
-from iothub.alerts import AlertEngine
-from iothub.packets import EventPacket, event_text, split_event
-from iothub.protocol import TelemetryData, TelemetryUpdate, decode_event, encode
-from iothub.store.memory import MemoryStore
-from iothub.supervisor import Supervisor
-from iothub.transport import FramedPacket
-from iothub.writebehind import WriteBehind
+from iothub.core.alerts import AlertEngine
+from iothub.frontend.packets import EventPacket, event_text, split_event
+from iothub.core.protocol import TelemetryData, TelemetryUpdate, decode_event, encode
+from iothub.persistence.memory import MemoryStore
+from iothub.core.supervisor import Supervisor
+from iothub.frontend.transport import FramedPacket
+from iothub.persistence.writebehind import WriteBehind
 
 TELEMETRY = (
     '["telemetry_data",{"imei":"123456789012345","timestamp":1703123456789,"data":{"engineRpm":2500,'

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from iothub.store import AlertRecord, Store, TelemetryRecord
+from iothub.core.records import AlertRecord, TelemetryRecord
+from iothub.persistence.store import Store
 from tests.stores import MONGO, StoreMaker
 
 BATCH_ROWS = 1000

@@ -20,15 +20,15 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import history, rest
-from .alerts import AlertEngine
-from .auth import Authenticator
+from .http import history, rest
+from .core.alerts import AlertEngine
+from .core.auth import Authenticator
 from .config import ConfigError, Settings
-from .gateway import Gateway
-from .store import Store
-from .store.factory import create_store
-from .supervisor import Supervisor
-from .writebehind import WriteBehind
+from .frontend.gateway import Gateway
+from .persistence.store import Store
+from .persistence.factory import create_store
+from .core.supervisor import Supervisor
+from .persistence.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 

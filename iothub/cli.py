@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from .auth import ROLES, Authenticator
+from .core.auth import ROLES, Authenticator
 from .config import ENVIRONMENT, ConfigError, Settings
 from .loop import new_event_loop
 
@@ -32,36 +33,10 @@ def _token_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench_parser(commands: argparse._SubParsersAction) -> None:
-    from .benchmark import SCENARIOS
-
     bench = commands.add_parser(
-        "bench",
-        help="run the fleet benchmark",
-        description="Start the server(s) under test, drive a simulated fleet, report throughput, latency, CPU and memory.",
+        "bench", help="run the fleet benchmark (from a checkout: it lives in bench/)", add_help=False, prefix_chars="\0"
     )
-    bench.add_argument("--scenario", choices=SCENARIOS, default="burst")
-    bench.add_argument(
-        "--server",
-        action="append",
-        help="iothub (default), iothub:<store> (that store: sqlite, mongodb or memory), baseline, "
-        "or the URL of a running server; repeat to compare",
-    )
-    bench.add_argument("--rounds", type=int, default=1, help="run the servers in turn this many times; report the medians")
-    bench.add_argument("--pid", type=int, help="pid of the server at --server URL, for its CPU and memory")
-    bench.add_argument("--devices", type=int)
-    bench.add_argument("--dashboards", type=int)
-    bench.add_argument("--window", type=int, help="messages in flight per device")
-    bench.add_argument("--rate", type=float, help="messages per second from the whole fleet (instead of --window)")
-    bench.add_argument("--duration", type=float, help="seconds measured, after the warm-up")
-    bench.add_argument(
-        "--server-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="environment of a started iothub (its SQLite file is a temporary one unless IOTHUB_DB_PATH is given)",
-    )
-    bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG (default bench/results)")
-    bench.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to separate cores")
+    bench.add_argument("arguments", nargs=argparse.REMAINDER)
 
 
 def _simulate_parser(commands: argparse._SubParsersAction) -> None:
@@ -85,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             return token(args)
         if args.command == "bench":
-            return bench(args)
+            return bench(args.arguments)
         if args.command == "simulate":
             return simulate(args)
         return serve({name: getattr(args, name) for name in ENVIRONMENT})
@@ -126,37 +101,19 @@ def serve(overrides: dict[str, str | None]) -> int:
     return 1 if hub.lost else 0  # rows the store never took: say so to whatever restarts the server
 
 
-def bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import msgspec
-
-    from .benchmark import SCENARIOS, check_server, run
-
-    changes = {name: getattr(args, name) for name in ("devices", "dashboards", "window", "rate", "duration")}
-    if args.rate is not None and args.window is None:
-        changes["window"] = 0
-    scenario = msgspec.structs.replace(SCENARIOS[args.scenario], **{k: v for k, v in changes.items() if v is not None})
-    servers = args.server or ["iothub"]
+def bench(arguments: list[str]) -> int:
+    """The fleet benchmark is not part of the server: it is loaded from the checkout's ``bench/`` when asked for."""
+    sys.path.insert(0, os.getcwd())
     try:
-        if not scenario.window and not scenario.rate:
-            raise ValueError("give --window or --rate")
-        if args.rounds < 1:
-            raise ValueError("--rounds must be 1 or more")
-        for server in servers:
-            check_server(server)
-        if any("=" not in item for item in args.server_env):
-            raise ValueError("--server-env takes NAME=VALUE")
-    except ValueError as exc:
-        print(f"iothub: {exc}", file=sys.stderr)
+        from bench.fleet import main as run_benchmark
+    except ModuleNotFoundError:
+        print("iothub: iothub bench runs from the project's folder, where bench/ is", file=sys.stderr)
         return 2
-    server_env = dict(item.split("=", 1) for item in args.server_env)
-    run(scenario, servers, Path(args.out), rounds=args.rounds, pin=not args.no_pin, pid=args.pid, server_env=server_env)
-    return 0
+    return run_benchmark(arguments)
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from .fleet import simulate as run_fleet
+    from .loadgen.fleet import simulate as run_fleet
 
     loop = new_event_loop()
     try:

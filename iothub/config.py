@@ -16,8 +16,8 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct, field
 
-from .auth import DEVELOPMENT_SECRET
-from .rules import DEFAULT_RULES, AlertRule, merge_rules
+from .core.auth import DEVELOPMENT_SECRET
+from .core.rules import DEFAULT_RULES, AlertRule, merge_rules
 
 Environment = Literal["development", "production"]
 Evaluator = Literal["compiled", "reference"]

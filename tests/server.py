@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iothub.auth import Authenticator
+from iothub.core.auth import Authenticator
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-production-0123456789"
 

@@ -22,10 +22,11 @@ import mongomock.collection
 from mongomock_motor import AsyncMongoMockClient
 from motor.motor_asyncio import AsyncIOMotorClient
 
-from iothub.store import AlertRecord, DeviceRecord, Page, Store, TelemetryRecord, Window
-from iothub.store.memory import MemoryStore
-from iothub.store.mongo import MongoStore
-from iothub.store.sqlite import SQLiteStore
+from iothub.core.records import AlertRecord, DeviceRecord, TelemetryRecord
+from iothub.persistence.store import Page, Store, Window
+from iothub.persistence.memory import MemoryStore
+from iothub.persistence.mongo import MongoStore
+from iothub.persistence.sqlite import SQLiteStore
 
 MONGODB_URI = os.environ.get("IOTHUB_TEST_MONGODB_URI")
 MONGO = "mongodb" if MONGODB_URI else "mongomock-motor"

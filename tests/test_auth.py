@@ -8,8 +8,8 @@ from typing import Any
 import jwt
 import pytest
 
-from iothub.auth import ANONYMOUS, DEVELOPMENT_SECRET, Authenticator, Principal
-from iothub.errors import ErrorCode, ProtocolError
+from iothub.core.auth import ANONYMOUS, DEVELOPMENT_SECRET, Authenticator, Principal
+from iothub.core.errors import ErrorCode, ProtocolError
 
 SECRET = "test-secret-" + "s" * 56  # long enough for HS512 too
 IMEI, OTHER_IMEI = "356938035643809", "490154203237518"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from iothub.benchmark import ServerProcess, pin_threads
+from bench.fleet import ServerProcess, pin_threads
 from iothub.cli import main
 
 from .server import free_port

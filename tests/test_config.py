@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from iothub.auth import DEVELOPMENT_SECRET
+from iothub.core.auth import DEVELOPMENT_SECRET
 from iothub.config import ConfigError, Settings
-from iothub.rules import DEFAULT_RULES
+from iothub.core.rules import DEFAULT_RULES
 
 STRONG_SECRET = "k3y-" + "x" * 40
 PRODUCTION = {"NODE_ENV": "production", "JWT_SECRET": STRONG_SECRET}

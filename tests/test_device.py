@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from msgspec import Raw
 
-from iothub.device import DeviceActor
-from iothub.protocol import DeviceInfo
+from iothub.core.device import DeviceActor
+from iothub.core.protocol import DeviceInfo
 
 IMEI = "356938035643809"
 T0 = 1_700_000_000_000

@@ -1,6 +1,6 @@
 """The compiled alert evaluator agrees with the reference on every input.
 
-``iothub._alerts.CompiledEvaluator`` is the hot path; ``rules.evaluate_reference``
+``iothub.core._alerts.CompiledEvaluator`` is the hot path; ``rules.evaluate_reference``
 states what a rule means (compare as doubles, IEEE 754, a missing field fires
 nothing). Both are checked against each other and against an oracle written
 here from PROTOCOL.md, on JSON through :meth:`AlertEngine.check` and directly on
@@ -19,16 +19,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iothub._alerts import CompiledEvaluator
-from iothub.alerts import AlertEngine, EvaluatorKind
-from iothub.rules import OPERATORS, AlertRule, evaluate_reference
-from iothub.protocol import KNOWN_NUMERIC_FIELDS
+from iothub.core._alerts import CompiledEvaluator
+from iothub.core.alerts import AlertEngine, EvaluatorKind
+from iothub.core.rules import OPERATORS, AlertRule, evaluate_reference
+from iothub.core.protocol import KNOWN_NUMERIC_FIELDS
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS: tuple[EvaluatorKind, ...] = ("compiled", "reference")
 CUSTOM_FIELDS = ("coolantTemp", "oilPressure", "tyre_fl", "_x")
 FIELDS = KNOWN_NUMERIC_FIELDS + CUSTOM_FIELDS
-#: Independent of iothub.rules: what each operator means.
+#: Independent of iothub.core.rules: what each operator means.
 MEANING: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,

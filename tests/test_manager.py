@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import socketio
 
-from iothub.gateway import Manager
+from iothub.frontend.gateway import Manager
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 from socketio import packet
 
-from iothub.packets import EventPacket, ack_text, event_text, split_event
+from iothub.frontend.packets import EventPacket, ack_text, event_text, split_event
 
 TELEMETRY = '["telemetry_data",{"imei":"123456789012345","data":{"speed":65}}]'
 

@@ -1,8 +1,8 @@
 """The wire format of PROTOCOL.md: inbound decoding, its error codes, and outbound shapes.
 
-Plain objects only: :func:`iothub.protocol.decode_event` on Socket.IO EVENT
-arrays, :class:`iothub.alerts.AlertEngine` for the known fields of ``data``,
-and the outbound structs through :func:`iothub.protocol.encode`.
+Plain objects only: :func:`iothub.core.protocol.decode_event` on Socket.IO EVENT
+arrays, :class:`iothub.core.alerts.AlertEngine` for the known fields of ``data``,
+and the outbound structs through :func:`iothub.core.protocol.encode`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from iothub.alerts import AlertEngine
-from iothub.errors import ErrorCode, ProtocolError
-from iothub.protocol import (
+from iothub.core.alerts import AlertEngine
+from iothub.core.errors import ErrorCode, ProtocolError
+from iothub.core.protocol import (
     is_imei,
     RESERVED_EVENTS,
     Alert,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iothub.ratelimit import TokenBucket
+from iothub.core.ratelimit import TokenBucket
 
 
 def takes(bucket: TokenBucket, now: float, count: int) -> list[bool]:

@@ -7,12 +7,12 @@ from typing import Any
 import msgspec
 import pytest
 
-import iothub._alerts
-from iothub import alerts
-from iothub.alerts import AlertEngine, EvaluatorKind
-from iothub.errors import ErrorCode, ProtocolError
-from iothub.protocol import Alert
-from iothub.rules import DEFAULT_RULES, AlertRule, merge_rules
+import iothub.core._alerts
+from iothub.core import alerts
+from iothub.core.alerts import AlertEngine, EvaluatorKind
+from iothub.core.errors import ErrorCode, ProtocolError
+from iothub.core.protocol import Alert
+from iothub.core.rules import DEFAULT_RULES, AlertRule, merge_rules
 
 KINDS: tuple[EvaluatorKind, ...] = ("compiled", "reference")
 COOLANT = {
@@ -156,16 +156,16 @@ def test_invalid_rule_raises_value_error_naming_the_problem(overrides: list[Any]
 
 def test_engine_runs_the_compiled_extension_by_default() -> None:
     """The Cython evaluator is built and is what the default engine runs."""
-    assert alerts.CompiledEvaluator is iothub._alerts.CompiledEvaluator
+    assert alerts.CompiledEvaluator is iothub.core._alerts.CompiledEvaluator
     engine = AlertEngine()
     assert engine.kind == "compiled"
-    assert isinstance(engine._evaluate, iothub._alerts.CompiledEvaluator)
+    assert isinstance(engine._evaluate, iothub.core._alerts.CompiledEvaluator)
 
 
 def test_engine_runs_the_reference_when_asked() -> None:
     engine = AlertEngine(evaluator="reference")
     assert engine.kind == "reference"
-    assert not isinstance(engine._evaluate, iothub._alerts.CompiledEvaluator)
+    assert not isinstance(engine._evaluate, iothub.core._alerts.CompiledEvaluator)
 
 
 def test_engine_alerts_follow_its_rules() -> None:

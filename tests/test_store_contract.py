@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import pytest
 
-from iothub.store import AlertRecord, InvalidCursor, Page, Store, TelemetryRecord, Window, encode_cursor
-from iothub.store.memory import MemoryStore
-from iothub.store.sqlite import WRITER_NICENESS, SQLiteStore
+from iothub.core.records import AlertRecord, TelemetryRecord
+from iothub.persistence.store import InvalidCursor, Page, Store, Window, encode_cursor
+from iothub.persistence.memory import MemoryStore
+from iothub.persistence.sqlite import WRITER_NICENESS, SQLiteStore
 
 from .stores import KINDS, MONGO, PERSISTENT_KINDS, StoreMaker, database_of
 
@@ -225,7 +226,7 @@ async def test_sqlite_creates_its_file_and_directory_in_wal_mode(tmp_path) -> No
 
 
 async def test_sqlite_writes_a_batch_larger_than_one_statement_in_one_transaction(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("iothub.store.sqlite.ROWS_PER_STATEMENT", 3)
+    monkeypatch.setattr("iothub.persistence.sqlite.ROWS_PER_STATEMENT", 3)
     store = SQLiteStore(tmp_path / "iothub.db")
     await store.open()
     rows = [telemetry(IMEI_A if n % 2 else IMEI_B, T0 + n) for n in range(25)]

@@ -14,13 +14,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from iothub.alerts import AlertEngine
-from iothub.errors import ErrorCode, ProtocolError
-from iothub.protocol import DeviceInfo, DeviceRegistered, HeartbeatAck, TelemetryData, UserUnsubscribed
-from iothub.rules import merge_rules
-from iothub.store import AlertRecord, TelemetryRecord
-from iothub.store.memory import MemoryStore
-from iothub.supervisor import Supervisor
+from iothub.core.alerts import AlertEngine
+from iothub.core.errors import ErrorCode, ProtocolError
+from iothub.core.protocol import DeviceInfo, DeviceRegistered, HeartbeatAck, TelemetryData, UserUnsubscribed
+from iothub.core.rules import merge_rules
+from iothub.core.records import AlertRecord, TelemetryRecord
+from iothub.persistence.memory import MemoryStore
+from iothub.core.supervisor import Supervisor
 
 IMEI_A, IMEI_B, IMEI_C, IMEI_D = "356938035643809", "490154203237518", "012345678901234", "861234567890123"
 ALICE, BOB = "alice@example.com", "bob@example.com"

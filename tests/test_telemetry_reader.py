@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from iothub.alerts import AlertEngine
-from iothub.errors import ProtocolError
-from iothub.protocol import KNOWN_NUMERIC_FIELDS, TelemetryDataEvent, decode_event
-from iothub.rules import AlertRule, merge_rules
+from iothub.core.alerts import AlertEngine
+from iothub.core.errors import ProtocolError
+from iothub.core.protocol import KNOWN_NUMERIC_FIELDS, TelemetryDataEvent, decode_event
+from iothub.core.rules import AlertRule, merge_rules
 
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CUSTOM = merge_rules([{"code": "COOLANT_HOT", "field": "coolantTemp", "op": ">=", "threshold": 110, "level": "info", "message": "m"}])

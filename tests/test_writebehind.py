@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import pytest
 
-from iothub.alerts import AlertEngine
-from iothub.errors import ErrorCode, ProtocolError
-from iothub.protocol import TelemetryData
-from iothub.store import AlertRecord, DeviceRecord, TelemetryRecord
-from iothub.supervisor import Supervisor
-from iothub.writebehind import WriteBehind
+from iothub.core.alerts import AlertEngine
+from iothub.core.errors import ErrorCode, ProtocolError
+from iothub.core.protocol import TelemetryData
+from iothub.core.records import AlertRecord, DeviceRecord, TelemetryRecord
+from iothub.core.supervisor import Supervisor
+from iothub.persistence.writebehind import WriteBehind
 
 from .stores import FlakyStore
 

@@ -26,8 +26,9 @@ import asyncio
 import logging
 from collections import deque
 
-from .errors import ErrorCode, ProtocolError
-from .store import AlertRecord, DeviceRecord, Store, TelemetryRecord, guarded
+from ..core.errors import ErrorCode, ProtocolError
+from ..core.records import AlertRecord, DeviceRecord, TelemetryRecord
+from .store import Store, guarded
 
 log = logging.getLogger(__name__)
 

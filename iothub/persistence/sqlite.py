@@ -36,13 +36,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from . import (
+from ..core.records import AlertRecord, DeviceRecord, TelemetryRecord
+from .store import (
     DAY_MS,
-    AlertRecord,
-    DeviceRecord,
     Page,
     R,
-    TelemetryRecord,
     Window,
     decode_cursor,
     newest_by_device,

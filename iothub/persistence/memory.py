@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 
-from . import AlertRecord, DeviceRecord, Page, R, TelemetryRecord, Window, decode_cursor, newest_by_device, page_of
+from ..core.records import AlertRecord, DeviceRecord, TelemetryRecord
+from .store import Page, R, Window, decode_cursor, newest_by_device, page_of
 
 
 class MemoryStore:

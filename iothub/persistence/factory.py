@@ -8,7 +8,7 @@ imported only when chosen, so the default path never imports motor.
 from __future__ import annotations
 
 from ..config import Settings
-from . import Store
+from .store import Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 

@@ -29,14 +29,12 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from . import (
+from ..core.records import AlertRecord, DeviceRecord, TelemetryRecord
+from .store import (
     DAY_MS,
-    AlertRecord,
-    DeviceRecord,
     InvalidCursor,
     Page,
     R,
-    TelemetryRecord,
     Window,
     decode_cursor,
     newest_by_device,

@@ -21,14 +21,14 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta, Raw, Struct, field
 
-from .auth import Principal
-from .errors import ErrorCode, ProtocolError
-from .protocol import Imei, Millis, validation_error
+from ..core.auth import Principal
+from ..core.errors import ErrorCode, ProtocolError
+from ..core.protocol import Imei, Millis, validation_error
 from .rest import HUB, respond
-from .store import InvalidCursor, Window, guarded
+from ..persistence.store import InvalidCursor, Window, guarded
 
 if TYPE_CHECKING:
-    from .app import Hub
+    from ..app import Hub
 
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 AlertCode = Annotated[str, Meta(min_length=1, max_length=64)]

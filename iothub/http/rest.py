@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
-from .auth import Principal
-from .errors import ErrorCode, ProtocolError
-from .protocol import Connections, Delivery, DirectedMessage, Email, Envelope, Imei, encode, validation_error
+from ..core.auth import Principal
+from ..core.errors import ErrorCode, ProtocolError
+from ..core.protocol import Connections, Delivery, DirectedMessage, Email, Envelope, Imei, encode, validation_error
 
 if TYPE_CHECKING:
-    from .app import Hub
+    from ..app import Hub
 
 log = logging.getLogger(__name__)
 

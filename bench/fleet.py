@@ -18,6 +18,7 @@ alike, and report each round and the medians.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -29,16 +30,17 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
 import aiohttp
 import msgspec
 
-from .config import StoreKind
-from .fleet import Dashboard, Device, Tally, owner_of, start_all
+from iothub.config import StoreKind
+from iothub.loadgen.fleet import Dashboard, Device, Tally, owner_of, start_all
 
-BASELINE = Path(__file__).resolve().parent.parent / "bench" / "baseline_server.py"
+BASELINE = Path(__file__).resolve().parent / "baseline_server.py"
 STORES = tuple(kind for kind in get_args(StoreKind) if kind != "auto")
 
 
@@ -101,7 +103,7 @@ class ServerProcess:
         self.data: tempfile.TemporaryDirectory[str] | None = None
         if kind == "baseline":
             if not BASELINE.exists():
-                raise SystemExit(f"the baseline server is not at {BASELINE}; run from a checkout")
+                raise SystemExit(f"the baseline server is not at {BASELINE}")
             command = [sys.executable, str(BASELINE), "--port", str(port)]
         else:
             command = [sys.executable, "-m", "iothub", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -305,7 +307,7 @@ def run(
     server_env: dict[str, str] | None = None,
 ) -> list[Result]:
     """Benchmark the servers in turn, ``rounds`` times; write the JSON (every run) and the chart (the first round)."""
-    from . import benchreport
+    from . import report as benchreport
 
     cores = sorted(os.sched_getaffinity(0)) if pin else []
     results = []
@@ -329,7 +331,7 @@ def run(
 
 def _run_one(scenario: Scenario, server: str, label: str, *, cores: list[int], pid: int | None, server_env: dict[str, str]) -> Result:
     """Start ``server`` unless it is a URL, pin it to the first of ``cores`` and the load to the others, drive it."""
-    from .loop import new_event_loop
+    from iothub.loop import new_event_loop
 
     started = None if server.startswith("http") else ServerProcess(server, _free_port(), server_env)
     url, server_pid = (server, pid) if started is None else (started.url, started.pid)
@@ -353,3 +355,59 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _parser() -> argparse.ArgumentParser:
+    bench = argparse.ArgumentParser(
+        prog="iothub bench",
+        description="Start the server(s) under test, drive a simulated fleet, report throughput, latency, CPU and memory.",
+    )
+    bench.add_argument("--scenario", choices=SCENARIOS, default="burst")
+    bench.add_argument(
+        "--server",
+        action="append",
+        help="iothub (default), iothub:<store> (that store: sqlite, mongodb or memory), baseline, "
+        "or the URL of a running server; repeat to compare",
+    )
+    bench.add_argument("--rounds", type=int, default=1, help="run the servers in turn this many times; report the medians")
+    bench.add_argument("--pid", type=int, help="pid of the server at --server URL, for its CPU and memory")
+    bench.add_argument("--devices", type=int)
+    bench.add_argument("--dashboards", type=int)
+    bench.add_argument("--window", type=int, help="messages in flight per device")
+    bench.add_argument("--rate", type=float, help="messages per second from the whole fleet (instead of --window)")
+    bench.add_argument("--duration", type=float, help="seconds measured, after the warm-up")
+    bench.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of a started iothub (its SQLite file is a temporary one unless IOTHUB_DB_PATH is given)",
+    )
+    bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG (default bench/results)")
+    bench.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to separate cores")
+    return bench
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``iothub bench`` and ``python -m bench``."""
+    args = _parser().parse_args(argv)
+    changes = {name: getattr(args, name) for name in ("devices", "dashboards", "window", "rate", "duration")}
+    if args.rate is not None and args.window is None:
+        changes["window"] = 0
+    scenario = msgspec.structs.replace(SCENARIOS[args.scenario], **{k: v for k, v in changes.items() if v is not None})
+    servers = args.server or ["iothub"]
+    try:
+        if not scenario.window and not scenario.rate:
+            raise ValueError("give --window or --rate")
+        if args.rounds < 1:
+            raise ValueError("--rounds must be 1 or more")
+        for server in servers:
+            check_server(server)
+        if any("=" not in item for item in args.server_env):
+            raise ValueError("--server-env takes NAME=VALUE")
+    except ValueError as exc:
+        print(f"iothub: {exc}", file=sys.stderr)
+        return 2
+    server_env = dict(item.split("=", 1) for item in args.server_env)
+    run(scenario, servers, Path(args.out), rounds=args.rounds, pin=not args.no_pin, pid=args.pid, server_env=server_env)
+    return 0

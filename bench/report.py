@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from .benchmark import Result, Scenario
+from .fleet import Result, Scenario
 
 
 def table(results: list[Result]) -> str:

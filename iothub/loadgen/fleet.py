@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from .wire import WireClient
+from .client import WireClient
 
 #: What an alerting message sets, by code; one in ``ALERT_SHARE`` messages carries one.
 ALERT_READINGS: dict[str, dict[str, float]] = {

@@ -23,35 +23,12 @@ from typing import Generic, Protocol, TypeVar
 import msgspec
 from msgspec import Struct
 
-from ..errors import ErrorCode, ProtocolError
+from ..core.errors import ErrorCode, ProtocolError
+from ..core.records import AlertRecord, Registry, TelemetryRecord
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
-
-
-class TelemetryRecord(Struct, frozen=True, gc=False):
-    imei: str
-    timestamp: int
-    data: bytes
-    receivedAt: int
-
-
-class AlertRecord(Struct, frozen=True, gc=False):
-    imei: str
-    timestamp: int
-    code: str
-    level: str
-    message: str
-    data: bytes
-
-
-class DeviceRecord(Struct, frozen=True):
-    """A registered device: its owner and, if it ever sent one, its last telemetry."""
-
-    imei: str
-    owner: str | None
-    last: TelemetryRecord | None = None
 
 
 class Window(Struct, frozen=True, kw_only=True):
@@ -74,18 +51,6 @@ class Page(Struct, Generic[R], frozen=True):
 
     items: list[R]
     next_cursor: str | None
-
-
-class Registry(Protocol):
-    """Who owns which device: what the supervisor reads and writes of a store."""
-
-    async def set_owner(self, imei: str, email: str) -> None: ...
-
-    async def owner_of(self, imei: str) -> str | None: ...
-
-    async def devices_of(self, email: str) -> list[DeviceRecord]:
-        """Every device the e-mail owns, connected or not, by imei."""
-        ...
 
 
 class Store(Registry, Protocol):

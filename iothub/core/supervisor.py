@@ -34,7 +34,7 @@ from .protocol import (
     encode,
     is_imei,
 )
-from .store import AlertRecord, Registry, TelemetryRecord
+from .records import AlertRecord, Recorder, Registry, TelemetryRecord
 
 
 def now_ms() -> int:
@@ -47,16 +47,6 @@ class Outbox(Protocol):
     def send(self, sids: Collection[str], event: str, payload: bytes | None) -> int:
         """Queue ``event`` with one JSON argument (or none) to each socket; return how many."""
         ...
-
-
-class Recorder(Protocol):
-    """The write-behind buffer, as the supervisor sees it."""
-
-    def telemetry(self, record: TelemetryRecord) -> None:
-        """Take the row, or raise ``ProtocolError`` (``STORE_UNAVAILABLE``) having taken nothing."""
-        ...
-
-    def alert(self, record: AlertRecord) -> None: ...
 
 
 class Supervisor:

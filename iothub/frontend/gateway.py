@@ -29,11 +29,11 @@ from typing import Any, NamedTuple
 import socketio
 from engineio import packet as eio_packet
 
-from .auth import Authenticator, Principal
-from .config import Settings
-from .errors import ErrorCode, ProtocolError
+from ..core.auth import Authenticator, Principal
+from ..config import Settings
+from ..core.errors import ErrorCode, ProtocolError
 from .packets import EventPacket, ack_text, event_text, split_event
-from .protocol import (
+from ..core.protocol import (
     Failure,
     HeartbeatEvent,
     RegisterDeviceEvent,
@@ -44,10 +44,10 @@ from .protocol import (
     decode_event,
     encode,
 )
-from .ratelimit import TokenBucket
-from .supervisor import Supervisor
+from ..core.ratelimit import TokenBucket
+from ..core.supervisor import Supervisor
 from .transport import FramedPacket, Pinger, create_route, websocket_class
-from .writebehind import WriteBehind
+from ..persistence.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,62 @@
+"""What the core hands to persistence and asks of it: the rows, and the two roles a store plays.
+
+The core records rows through a :class:`Recorder` (the write-behind buffer)
+and reads and changes owners through a :class:`Registry`; it never sees a
+store. These types live here so that persistence depends on the core, not
+the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from msgspec import Struct
+
+
+
+class TelemetryRecord(Struct, frozen=True, gc=False):
+    imei: str
+    timestamp: int
+    data: bytes
+    receivedAt: int
+
+
+class AlertRecord(Struct, frozen=True, gc=False):
+    imei: str
+    timestamp: int
+    code: str
+    level: str
+    message: str
+    data: bytes
+
+
+class DeviceRecord(Struct, frozen=True):
+    """A registered device: its owner and, if it ever sent one, its last telemetry."""
+
+    imei: str
+    owner: str | None
+    last: TelemetryRecord | None = None
+
+
+class Registry(Protocol):
+    """Who owns which device: what the supervisor reads and writes of a store."""
+
+    async def set_owner(self, imei: str, email: str) -> None: ...
+
+    async def owner_of(self, imei: str) -> str | None: ...
+
+    async def devices_of(self, email: str) -> list[DeviceRecord]:
+        """Every device the e-mail owns, connected or not, by imei."""
+        ...
+
+
+class Recorder(Protocol):
+    """The write-behind buffer, as the supervisor sees it."""
+
+    def telemetry(self, record: TelemetryRecord) -> None:
+        """Take the row, or raise ``ProtocolError`` (``STORE_UNAVAILABLE``) having taken nothing."""
+        ...
+
+    def alert(self, record: AlertRecord) -> None: ...
+
+
