@@ -23,12 +23,9 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +36,7 @@ import msgspec
 
 from iothub.config import StoreKind
 from iothub.loadgen.fleet import Dashboard, Device, Tally, owner_of, start_all
+from iothub.loadgen.servers import IOTHUB_SERVE, ServerFailed, ServerProcess, free_port
 
 BASELINE = Path(__file__).resolve().parent / "baseline_server.py"
 STORES = tuple(kind for kind in get_args(StoreKind) if kind != "auto")
@@ -94,50 +92,37 @@ def check_server(spec: str) -> None:
     raise ValueError(f"--server {spec}: give iothub, iothub:<store> ({', '.join(STORES)}), baseline or a URL")
 
 
-class ServerProcess:
+class BenchServer:
     """A server this benchmark started (``iothub``, ``iothub:<store>`` or ``baseline``), stopped by its pid."""
 
-    def __init__(self, spec: str, port: int, env: dict[str, str]) -> None:
+    def __init__(self, spec: str, env: dict[str, str]) -> None:
         kind, _, store = spec.partition(":")
         #: The started iothub's SQLite folder, unless ``env`` names a file: the benchmark's rows stay out of data/.
         self.data: tempfile.TemporaryDirectory[str] | None = None
+        command: tuple[str, ...] = IOTHUB_SERVE
         if kind == "baseline":
-            if not BASELINE.exists():
-                raise SystemExit(f"the baseline server is not at {BASELINE}")
-            command = [sys.executable, str(BASELINE), "--port", str(port)]
+            command = (sys.executable, str(BASELINE))
         else:
-            command = [sys.executable, "-m", "iothub", "serve", "--host", "127.0.0.1", "--port", str(port)]
             env = {**env, "IOTHUB_STORE": store} if store else dict(env)
             if "IOTHUB_DB_PATH" not in env:
                 self.data = tempfile.TemporaryDirectory(prefix="iothub-bench-")
                 env["IOTHUB_DB_PATH"] = str(Path(self.data.name) / "iothub.db")
-        self.url = f"http://127.0.0.1:{port}"
-        #: Its log, in a file: a pipe nobody reads while the load runs would stop a server that logs a lot.
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=self.log)
+        port = free_port()
+        try:
+            self.process = ServerProcess(
+                (*command, "--port", str(port)), port=port, env={"HOST": "127.0.0.1", **env}
+            )
+        except ServerFailed as failed:
+            self._remove_data()
+            raise SystemExit(f"{spec} server did not start: {failed}") from None
+        self.url = self.process.url
         self.pid = self.process.pid
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=1).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.log.seek(0)
-                    said = self.log.read().decode(errors="replace")[-2000:]
-                    self.stop()
-                    raise SystemExit(f"{spec} server did not start: {said}") from None
-                time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
+        self.process.stop()
+        self._remove_data()
+
+    def _remove_data(self) -> None:
         if self.data is not None:
             self.data.cleanup()
 
@@ -333,7 +318,7 @@ def _run_one(scenario: Scenario, server: str, label: str, *, cores: list[int], p
     """Start ``server`` unless it is a URL, pin it to the first of ``cores`` and the load to the others, drive it."""
     from iothub.loop import new_event_loop
 
-    started = None if server.startswith("http") else ServerProcess(server, _free_port(), server_env)
+    started = None if server.startswith("http") else BenchServer(server, server_env)
     url, server_pid = (server, pid) if started is None else (started.url, started.pid)
     if len(cores) > 1 and server_pid:
         pin_threads(server_pid, {cores[0]})
@@ -347,14 +332,6 @@ def _run_one(scenario: Scenario, server: str, label: str, *, cores: list[int], p
     finally:
         if started is not None:
             started.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _parser() -> argparse.ArgumentParser:

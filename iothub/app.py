@@ -1,7 +1,9 @@
 """The Hub: one server process, its parts wired together and their lifetime.
 
-settings → store, alert engine, write-behind, gateway (Socket.IO) and
-supervisor, plus the REST routes, all on one aiohttp application and one port.
+settings → store, write-behind, alert engine, data plane, supervisor and
+gateway (Socket.IO), plus the REST routes, all on one aiohttp application
+and one port. In one process the supervisor commands the one data plane
+directly.
 
 Shutdown (SIGTERM/SIGINT, through aiohttp): the listener closes, telemetry is
 refused, the write-behind writes everything it took (waiting at most
@@ -20,14 +22,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .http import history, rest
+from .config import ConfigError, Settings
 from .core.alerts import AlertEngine
 from .core.auth import Authenticator
-from .config import ConfigError, Settings
-from .frontend.gateway import Gateway
-from .persistence.store import Store
-from .persistence.factory import create_store
+from .core.dataplane import DataPlane
 from .core.supervisor import Supervisor
+from .frontend.gateway import Gateway
+from .http import history, rest
+from .http.services import SERVICES, Services
+from .persistence.factory import create_store
+from .persistence.store import Store
 from .persistence.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 #: How long a shutdown waits, once the sockets are closed, for requests still open (aiohttp's
 #: default is 60 s): a WebSocket client that does not answer the close, a slow REST call.
 REQUEST_GRACE_S = 5.0
+#: The one gateway's name in the supervisor's tables.
+GATEWAY_NAME = "gateway-0"
 
 
 class Hub:
@@ -43,36 +49,32 @@ class Hub:
         self.store: Store = store if store is not None else create_store(settings)
         self.authenticator = Authenticator(settings.jwt_secret, production=settings.production)
         self.engine = AlertEngine(settings.rules, settings.evaluator)
-        self.writer = WriteBehind(
+        self.write_behind = WriteBehind(
             self.store,
             capacity=settings.buffer_rows,
             batch_rows=settings.batch_rows,
             flush_interval=settings.flush_interval_ms / 1000,
+            durable=settings.durable_ack,
         )
         self.gateway = Gateway(settings, self.authenticator)
-        self.supervisor = Supervisor(
-            self.engine,
-            self.writer,
-            self.gateway,
-            self.writer,
-            heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
-            alert_cooldown_ms=settings.alert_cooldown_ms,
+        self.plane = DataPlane(
+            GATEWAY_NAME, self.engine, self.gateway, self.write_behind, alert_cooldown_ms=settings.alert_cooldown_ms
         )
-        self.gateway.bind(self.supervisor, self.writer if settings.durable_ack else None)
+        self.supervisor = Supervisor(self.write_behind, heartbeat_timeout_ms=settings.heartbeat_timeout_ms)
+        self.supervisor.add_gateway(GATEWAY_NAME, self.plane)
+        self.gateway.bind(self.plane, self.supervisor)
+        self.services = Services(
+            self.authenticator, self.supervisor, self.plane, self.write_behind, self.store, self.engine.kind
+        )
         #: Rows the store had not taken when the server stopped.
         self.lost = 0
-        self._started = time.monotonic()
-
-    @property
-    def uptime(self) -> float:
-        return time.monotonic() - self._started
 
     def application(self) -> web.Application:
         app = web.Application(
             middlewares=[rest.rest_only(rest.cors(self.settings.cors_origins)), rest.rest_only(rest.envelope_errors)],
             client_max_size=self.settings.max_payload_bytes,
         )
-        app[rest.HUB] = self
+        app[SERVICES] = self.services
         self.gateway.attach(app)
         rest.add_routes(app)
         history.add_routes(app)
@@ -93,9 +95,9 @@ class Hub:
             await self.store.open()
         except Exception as exc:  # a path that cannot be written, a server that does not answer: say which
             raise ConfigError(f"cannot open the {self.store.name} store: {exc}") from exc
-        self.writer.start()
+        self.write_behind.start()
         sweeper = asyncio.create_task(self._sweep_forever(), name="iothub-heartbeat-sweep")
-        self._started = time.monotonic()
+        self.services.started = time.monotonic()
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -109,12 +111,12 @@ class Hub:
         await self.gateway.close_connections()
 
     async def _flush(self) -> None:
-        self.lost = await self.writer.close(self.settings.shutdown_timeout_ms / 1000)
+        self.lost = await self.write_behind.close(self.settings.shutdown_timeout_ms / 1000)
 
     async def _sweep_forever(self) -> None:
         interval = self.settings.cleanup_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            dropped = self.supervisor.sweep()
+            dropped = await self.supervisor.sweep()
             if dropped:
                 log.info("heartbeat sweep dropped %d silent devices", len(dropped))

@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .server import RunningServer, start_server
+from .support.server import RunningServer, start_server
 
 _imeis = itertools.count(100000000000000)
 _emails = itertools.count(1)
@@ -51,7 +51,7 @@ async def open_client():
     """``await open_client(url, transports=..., token=...)``: a recording Socket.IO client, closed after the test."""
     from contextlib import AsyncExitStack
 
-    from .clients import connect
+    from .support.clients import connect
 
     async with AsyncExitStack() as stack:
 

@@ -1,13 +1,15 @@
 """What the core hands to persistence and asks of it: the rows, and the two roles a store plays.
 
-The core records rows through a :class:`Recorder` (the write-behind buffer)
-and reads and changes owners through a :class:`Registry`; it never sees a
-store. These types live here so that persistence depends on the core, not
-the other way round.
+The data plane records rows through a :class:`Recorder`, and the supervisor
+reads and changes owners through a :class:`Registry`: both are the
+write-behind buffer in front of the store, which the core never sees.
+These types live here so that persistence depends on the core, not the
+other way round.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from msgspec import Struct
@@ -41,7 +43,9 @@ class DeviceRecord(Struct, frozen=True):
 class Registry(Protocol):
     """Who owns which device: what the supervisor reads and writes of a store."""
 
-    async def set_owner(self, imei: str, email: str) -> None: ...
+    async def set_owner(self, imei: str, email: str) -> None:
+        """Record the owner; with durable acknowledgements, return once it is committed."""
+        ...
 
     async def owner_of(self, imei: str) -> str | None: ...
 
@@ -50,13 +54,23 @@ class Registry(Protocol):
         ...
 
 
-class Recorder(Protocol):
-    """The write-behind buffer, as the supervisor sees it."""
+class Commit(Protocol):
+    """The batch a row was taken into: durable acknowledgements wait for its commit."""
 
-    def telemetry(self, record: TelemetryRecord) -> None:
-        """Take the row, or raise ``ProtocolError`` (``STORE_UNAVAILABLE``) having taken nothing."""
+    def committed(self) -> asyncio.Future[None]:
+        """Resolved once the batch is committed; failed if the server stops first."""
         ...
 
-    def alert(self, record: AlertRecord) -> None: ...
+
+class Recorder(Protocol):
+    """The write-behind buffer, as the data plane sees it."""
+
+    def telemetry(self, record: TelemetryRecord) -> Commit:
+        """Take the row and name its batch, or raise ``ProtocolError`` (``STORE_UNAVAILABLE``) having taken nothing."""
+        ...
+
+    def alert(self, record: AlertRecord) -> None:
+        """Take an alert of the message just taken, into that message's batch."""
+        ...
 
 

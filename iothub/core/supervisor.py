@@ -1,271 +1,251 @@
-"""The Supervisor: who is connected, who listens to whom, and the per-message flow.
+"""The supervisor: the control plane — the registry, who is connected where, who is subscribed where.
 
-It owns the routing tables — imei → live :class:`DeviceActor`, socket → its
-devices, e-mail → subscribed sockets — and everything that reads or changes
-them: registration, telemetry fan-out and alerts, subscriptions, directed
-messages, broadcasts and the heartbeat sweep. It knows nothing of Socket.IO:
-it hands encoded payloads to an :class:`Outbox` and rows to a
-:class:`Recorder`, so it is tested with plain objects.
+It decides what a registration or a subscription changes, announces devices
+going online and offline to their owners' dashboards, routes broadcasts and
+directed messages, and runs the heartbeat sweep. It is never on a telemetry
+message's path: the gateways' data planes take those on their own.
+
+It speaks in the structs of :mod:`iothub.core.commands` and answers a refusal
+with a :class:`~iothub.core.protocol.Failure`, so that it can live in another
+process. It reaches each gateway through a :class:`GatewayLink` — in one
+process the gateway's :class:`~iothub.core.dataplane.DataPlane` itself,
+called directly — and the owner of a device through a
+:class:`~iothub.core.records.Registry`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection
-from typing import Protocol
+from collections.abc import Callable
+from typing import Literal, Protocol
 
-from msgspec import Raw
+from msgspec import Raw, Struct
 
-from .alerts import AlertEngine
-from .device import DeviceActor
+from .clock import now_ms
+from .commands import (
+    Attach,
+    Broadcast,
+    Counts,
+    Deliver,
+    Departed,
+    Detach,
+    Join,
+    LastStates,
+    Leave,
+    Register,
+    SendToDevice,
+    SendToSocket,
+    SendToUser,
+    SocketClosed,
+    Subscribe,
+    Sweep,
+    Unsubscribe,
+)
 from .errors import ErrorCode, ProtocolError
-from .metrics import Meters
 from .protocol import (
-    AlertEvent,
+    Delivery,
     DeviceInfo,
     DeviceRegistered,
     DeviceStatus,
-    HeartbeatAck,
+    Failure,
     LastTelemetry,
-    TelemetryData,
-    TelemetryUpdate,
     UserSubscribed,
     UserUnsubscribed,
     encode,
-    is_imei,
 )
-from .records import AlertRecord, Recorder, Registry, TelemetryRecord
+from .records import Registry
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class GatewayLink(Protocol):
+    """A gateway, as the supervisor commands it (the methods of :class:`~iothub.core.dataplane.DataPlane`)."""
+
+    async def attach(self, command: Attach) -> bool: ...
+
+    async def detach(self, command: Detach) -> None: ...
+
+    async def join(self, command: Join) -> bool: ...
+
+    async def leave(self, command: Leave) -> bool: ...
+
+    async def deliver(self, command: Deliver) -> int: ...
+
+    async def send_to_socket(self, command: SendToSocket) -> int: ...
+
+    async def broadcast(self, command: Broadcast) -> int: ...
+
+    async def sweep(self, command: Sweep) -> list[Departed]: ...
+
+    async def devices(self) -> list[DeviceInfo]: ...
+
+    async def last_states(self, command: LastStates) -> list[LastTelemetry]: ...
+
+    async def counts(self) -> Counts: ...
 
 
-class Outbox(Protocol):
-    """The front end, as the supervisor sees it."""
+class Location(Struct, frozen=True):
+    """Where a live device runs, and who owns it."""
 
-    def send(self, sids: Collection[str], event: str, payload: bytes | None) -> int:
-        """Queue ``event`` with one JSON argument (or none) to each socket; return how many."""
-        ...
+    gateway: str
+    sid: str
+    owner: str | None
 
 
 class Supervisor:
     def __init__(
-        self,
-        engine: AlertEngine,
-        store: Registry,
-        outbox: Outbox,
-        recorder: Recorder,
-        *,
-        heartbeat_timeout_ms: int = 300_000,
-        alert_cooldown_ms: int = 0,
-        clock: Callable[[], int] = now_ms,
+        self, registry: Registry, *, heartbeat_timeout_ms: int = 300_000, clock: Callable[[], int] = now_ms
     ) -> None:
-        self.engine = engine
-        self.store = store
-        self.outbox = outbox
-        self.recorder = recorder
+        self.registry = registry
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
-        self.alert_cooldown_ms = alert_cooldown_ms
         self.clock = clock
-        self.meters = Meters()
-        self._sockets: set[str] = set()
-        self._devices: dict[str, DeviceActor] = {}
-        #: A list, not a set: a socket registers one device, a gateway box a few.
-        self._socket_devices: dict[str, list[str]] = {}
-        self._subscribers: dict[str, set[str]] = {}
-        self._socket_subscriptions: dict[str, set[str]] = {}
-        #: Devices that left, kept until the store surely has their last telemetry
-        #: (the write-behind may not have written it yet); pruned by the sweep.
-        self._departed: dict[str, DeviceActor] = {}
+        self._gateways: dict[str, GatewayLink] = {}
+        #: imei → where it is live.
+        self._located: dict[str, Location] = {}
+        #: e-mail → the gateways with a socket subscribed to it.
+        self._audience: dict[str, set[str]] = {}
 
-    # ------------------------------------------------------------------ sockets
-
-    def connect(self, sid: str) -> None:
-        self._sockets.add(sid)
-
-    def disconnect(self, sid: str) -> None:
-        """Forget the socket at once: its devices go offline, its subscriptions end."""
-        self._sockets.discard(sid)
-        for email in self._socket_subscriptions.pop(sid, ()):
-            self._leave(sid, email)
-        now = self.clock()
-        for imei in self._socket_devices.pop(sid, ()):
-            device = self._departed[imei] = self._devices.pop(imei)
-            self._status(device, "offline", now)
+    def add_gateway(self, name: str, link: GatewayLink) -> None:
+        self._gateways[name] = link
 
     # ------------------------------------------------------------------ devices
 
-    async def register(self, sid: str, imei: str, owner: str | None) -> DeviceRegistered:
-        """Bind ``imei`` to the socket; the newest registration of an imei wins."""
-        live = self._devices.get(imei)
-        if owner is not None:
-            if live is None or live.owner != owner:
-                await self.store.set_owner(imei, owner)
-        elif live is not None:
-            owner = live.owner
-        else:
-            owner = await self.store.owner_of(imei)
-        if sid not in self._sockets:  # the socket left while the store answered
-            return DeviceRegistered(imei=imei)
+    async def register(self, command: Register) -> DeviceRegistered | Failure:
+        """Bind the imei to the socket; the newest registration of an imei wins, on any gateway."""
+        imei, owner = command.imei, command.owner
+        try:
+            live = self._located.get(imei)
+            if owner is not None:
+                if live is None or live.owner != owner:
+                    await self.registry.set_owner(imei, owner)
+            elif live is not None:
+                owner = live.owner
+            else:
+                owner = await self.registry.owner_of(imei)
+        except ProtocolError as error:
+            return Failure.of(error)
         now = self.clock()
-        live = self._devices.get(imei)
-        if live is not None and live.sid == sid:
-            device = live
-            device.owner = owner
-            device.heartbeat(now)
-        else:
-            device = DeviceActor(imei, sid, owner, now)
-            departed = self._departed.pop(imei, None)
-            if live is None and departed is not None:
-                device.last_timestamp, device.last_data = departed.last_timestamp, departed.last_data
-            if live is not None:
-                self._socket_devices[live.sid].remove(imei)
-                device.last_timestamp, device.last_data = live.last_timestamp, live.last_data
-            self._devices[imei] = device
-            self._socket_devices.setdefault(sid, []).append(imei)
-        self._status(device, "online", now)
+        if not await self._gateways[command.gateway].attach(Attach(command.sid, imei, owner, now)):
+            return DeviceRegistered(imei=imei)  # the socket left while the registry answered
+        previous = self._located.get(imei)
+        if previous is not None and previous.gateway != command.gateway:
+            await self._gateways[previous.gateway].detach(Detach(imei))
+        self._located[imei] = Location(command.gateway, command.sid, owner)
+        await self._announce(owner, imei, "online", now)
         return DeviceRegistered(imei=imei)
 
-    def telemetry(self, sid: str, message: TelemetryData, fired: tuple[int, ...] | None = None) -> None:
-        """One telemetry message: history, last state, dashboards, then alerts.
-
-        ``fired``: the rules the message fires, when its reading already found
-        them (:meth:`AlertEngine.read`); else its ``data`` is checked here.
-        The recorder takes the row first: when it refuses (its buffer is full),
-        nothing has changed and the device may send the message again.
-        """
-        device = self._device_of(sid, message.imei)
-        if fired is None:
-            fired = self.engine.check(message.data)
+    async def socket_closed(self, command: SocketClosed) -> None:
+        """A gateway lost a socket: its devices go offline, its e-mails may lose that gateway's audience."""
+        for email in command.unwatched:
+            self._forget_audience(command.gateway, email)
         now = self.clock()
-        timestamp = now if message.timestamp is None else message.timestamp
-        data = bytes(message.data)
-        self.recorder.telemetry(TelemetryRecord(device.imei, timestamp, data, now))
-        device.observe(timestamp, message.data, now)
-        self.meters.telemetry.mark(now)
-        subscribers = self._subscribers.get(device.owner) if device.owner is not None else None
-        if subscribers:
-            update = TelemetryUpdate(imei=device.imei, timestamp=timestamp, data=message.data)
-            self.meters.deliveries.mark(now, self.outbox.send(subscribers, "telemetry_update", encode(update)))
-        for index in fired:
-            self._alert(device, index, timestamp, message.data, data, subscribers, now)
+        for departed in command.offline:
+            location = self._located.get(departed.imei)
+            if location is not None and location.gateway == command.gateway and location.sid == command.sid:
+                del self._located[departed.imei]
+            await self._announce(departed.owner, departed.imei, "offline", now)
 
-    def heartbeat(self, sid: str, imei: str) -> HeartbeatAck:
+    async def sweep(self) -> list[str]:
+        """Drop devices silent for longer than the heartbeat timeout, on every gateway; return their imeis."""
         now = self.clock()
-        self._device_of(sid, imei).heartbeat(now)
-        return HeartbeatAck(imei=imei, timestamp=now)
+        dropped = []
+        for name, link in self._gateways.items():
+            for departed in await link.sweep(Sweep(now, self.heartbeat_timeout_ms)):
+                location = self._located.get(departed.imei)
+                if location is not None and location.gateway == name:
+                    del self._located[departed.imei]
+                await self._announce(departed.owner, departed.imei, "offline", now)
+                dropped.append(departed.imei)
+        return dropped
 
-    def sweep(self) -> list[str]:
-        """Drop devices silent for longer than the heartbeat timeout; return their imeis."""
-        now = self.clock()
-        self._departed = {i: d for i, d in self._departed.items() if not d.expired(now, self.heartbeat_timeout_ms)}
-        expired = [d for d in self._devices.values() if d.expired(now, self.heartbeat_timeout_ms)]
-        for device in expired:
-            del self._devices[device.imei]
-            self._socket_devices[device.sid].remove(device.imei)
-            self._status(device, "offline", now)
-        return [device.imei for device in expired]
-
-    def _device_of(self, sid: str, imei: str) -> DeviceActor:
-        device = self._devices.get(imei)
-        if device is None or device.sid != sid:
-            if not is_imei(imei):
-                raise ProtocolError(ErrorCode.INVALID_IMEI, "imei must be a string of 15 digits")
-            raise ProtocolError(ErrorCode.DEVICE_NOT_REGISTERED, f"register_device {imei} on this socket first")
-        return device
-
-    def _alert(
-        self,
-        device: DeviceActor,
-        index: int,
-        timestamp: int,
-        raw: Raw,
-        data: bytes,
-        subscribers: set[str] | None,
-        now: int,
-    ) -> None:
-        rule = self.engine.rules[index]
-        may_hold_back = rule.level != "critical" and rule.code != "CRASH_DETECTED"  # PROTOCOL.md: never held back
-        if may_hold_back and not device.may_alert(rule.code, now, self.alert_cooldown_ms):
+    async def _announce(self, owner: str | None, imei: str, status: Literal["online", "offline"], now: int) -> None:
+        gateways = self._audience.get(owner) if owner is not None else None
+        if owner is None or not gateways:
             return
-        alert = self.engine.alerts[index]
-        self.meters.alerts.mark(now)
-        if subscribers:
-            event = AlertEvent(type=rule.event_name, imei=device.imei, timestamp=timestamp, data=raw, alert=alert)
-            self.meters.deliveries.mark(now, self.outbox.send(subscribers, rule.event_name, encode(event)))
-        self.recorder.alert(AlertRecord(device.imei, timestamp, alert.code, alert.level, alert.message, data))
-
-    def _status(self, device: DeviceActor, status: str, now: int) -> None:
-        subscribers = self._subscribers.get(device.owner) if device.owner is not None else None
-        if subscribers:
-            payload = encode(DeviceStatus(imei=device.imei, status=status, timestamp=now))
-            self.outbox.send(subscribers, "device_status", payload)
+        payload = encode(DeviceStatus(imei=imei, status=status, timestamp=now))
+        for name in tuple(gateways):
+            await self._gateways[name].deliver(Deliver(owner, "device_status", payload))
 
     # ------------------------------------------------------------------ users
 
-    async def subscribe(self, sid: str, email: str) -> UserSubscribed:
+    async def subscribe(self, command: Subscribe) -> UserSubscribed | Failure:
         """Join the e-mail's stream; answer with its devices' last known telemetry."""
-        records = await self.store.devices_of(email)
-        if sid in self._sockets:
-            self._subscribers.setdefault(email, set()).add(sid)
-            self._socket_subscriptions.setdefault(sid, set()).add(email)
+        email = command.email
+        try:
+            records = await self.registry.devices_of(email)
+        except ProtocolError as error:
+            return Failure.of(error)
+        if await self._gateways[command.gateway].join(Join(command.sid, email)):
+            self._audience.setdefault(email, set()).add(command.gateway)
+        recent = await self._last_states([record.imei for record in records])
         telemetries = []
         for record in records:
-            live = self._devices.get(record.imei)
-            recent = live if live is not None else self._departed.get(record.imei)
+            live = recent.get(record.imei)
             stored = record.last
-            if recent is not None and recent.last_data is not None and (stored is None or recent.last_timestamp >= stored.timestamp):
-                telemetries.append(LastTelemetry(
-                    imei=record.imei, timestamp=recent.last_timestamp, data=recent.last_data, connected=live is not None
-                ))
+            connected = record.imei in self._located
+            if live is not None and (stored is None or live.timestamp >= stored.timestamp):
+                telemetries.append(LastTelemetry(record.imei, live.timestamp, live.data, connected))
             elif stored is not None:
-                telemetries.append(LastTelemetry(
-                        imei=record.imei, timestamp=stored.timestamp, data=Raw(stored.data), connected=live is not None
-                    ))
+                telemetries.append(LastTelemetry(record.imei, stored.timestamp, Raw(stored.data), connected))
         return UserSubscribed(email=email, deviceCount=len(records), telemetries=telemetries)
 
-    def unsubscribe(self, sid: str, email: str) -> UserUnsubscribed:
-        emails = self._socket_subscriptions.get(sid)
-        if emails is not None and email in emails:
-            emails.discard(email)
-            self._leave(sid, email)
-        return UserUnsubscribed(email=email)
+    async def unsubscribe(self, command: Unsubscribe) -> UserUnsubscribed:
+        if await self._gateways[command.gateway].leave(Leave(command.sid, command.email)):
+            self._forget_audience(command.gateway, command.email)
+        return UserUnsubscribed(email=command.email)
 
-    def _leave(self, sid: str, email: str) -> None:
-        sockets = self._subscribers.get(email)
-        if sockets is not None:
-            sockets.discard(sid)
-            if not sockets:
-                del self._subscribers[email]
+    async def _last_states(self, imeis: list[str]) -> dict[str, LastTelemetry]:
+        """The gateways' last telemetry of each imei: a live device's, else the newest a departed one left."""
+        recent: dict[str, LastTelemetry] = {}
+        if not imeis:
+            return recent
+        for link in self._gateways.values():
+            for state in await link.last_states(LastStates(imeis)):
+                known = recent.get(state.imei)
+                if known is None or (state.connected, state.timestamp) > (known.connected, known.timestamp):
+                    recent[state.imei] = state
+        return recent
+
+    def _forget_audience(self, gateway: str, email: str) -> None:
+        gateways = self._audience.get(email)
+        if gateways is not None:
+            gateways.discard(gateway)
+            if not gateways:
+                del self._audience[email]
 
     # ------------------------------------------------------------------ operators
 
-    def send_to_device(self, imei: str, event: str, payload: bytes | None) -> int:
-        device = self._devices.get(imei)
-        if device is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"device {imei} is not connected")
-        return self.outbox.send((device.sid,), event, payload)
+    async def send_to_device(self, command: SendToDevice) -> Delivery | Failure:
+        location = self._located.get(command.imei)
+        if location is None:
+            return Failure(code=ErrorCode.NOT_FOUND, message=f"device {command.imei} is not connected")
+        link = self._gateways[location.gateway]
+        recipients = await link.send_to_socket(SendToSocket(location.sid, command.event, command.payload))
+        return Delivery(command.event, recipients)
 
-    def send_to_user(self, email: str, event: str, payload: bytes | None) -> int:
-        sockets = self._subscribers.get(email)
-        if not sockets:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"nobody is subscribed to {email}")
-        return self.outbox.send(sockets, event, payload)
+    async def send_to_user(self, command: SendToUser) -> Delivery | Failure:
+        gateways = self._audience.get(command.email)
+        if not gateways:
+            return Failure(code=ErrorCode.NOT_FOUND, message=f"nobody is subscribed to {command.email}")
+        deliver = Deliver(command.email, command.event, command.payload)
+        recipients = 0
+        for name in tuple(gateways):
+            recipients += await self._gateways[name].deliver(deliver)
+        return Delivery(command.event, recipients)
 
-    def broadcast(self, event: str, payload: bytes | None) -> int:
-        return self.outbox.send(self._sockets, event, payload)
+    async def broadcast(self, command: Broadcast) -> Delivery:
+        recipients = 0
+        for link in tuple(self._gateways.values()):
+            recipients += await link.broadcast(command)
+        return Delivery(command.event, recipients)
 
-    def devices(self) -> list[DeviceInfo]:
-        return [device.info() for device in self._devices.values()]
+    async def devices(self) -> list[DeviceInfo]:
+        return [device for link in tuple(self._gateways.values()) for device in await link.devices()]
 
     def users(self) -> list[str]:
-        return sorted(self._subscribers)
+        return sorted(self._audience)
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._sockets)
-
-    @property
-    def device_count(self) -> int:
-        return len(self._devices)
+    async def counts(self) -> Counts:
+        connections = devices = 0
+        for link in tuple(self._gateways.values()):
+            counts = await link.counts()
+            connections += counts.connections
+            devices += counts.devices
+        return Counts(connections=connections, devices=devices)

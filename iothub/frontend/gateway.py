@@ -1,20 +1,22 @@
 """The Socket.IO front end: one socket's events in, replies and fan-out packets out.
 
 Handlers stay thin. For each EVENT the gateway checks the socket's budget and
-the payload's size, reads a plain ``telemetry_data`` in one compiled pass
-(:meth:`~iothub.alerts.AlertEngine.read`) or else decodes the event into its
-struct (:mod:`iothub.protocol`),
-checks the socket's token allows it (:mod:`iothub.auth`) and hands it to the
-:class:`~iothub.supervisor.Supervisor`. The reply goes back as the
+the payload's size, then hands a plain ``telemetry_data`` to the data plane
+(:meth:`~iothub.core.dataplane.DataPlane.telemetry_event`, one compiled pass)
+or else decodes the event into its struct (:mod:`iothub.core.protocol`),
+checks the socket's token allows it (:mod:`iothub.core.auth`) and passes it
+on: telemetry and heartbeats to the data plane, registrations and
+subscriptions to the supervisor, as commands. The reply goes back as the
 acknowledgement when the client asked for one, else as the reply event.
 
 Packets to sockets are queued on Engine.IO's per-socket queue directly: one
 encoded text for every recipient, no task and no await per socket.
 
-With durable acknowledgements, the reply to ``telemetry_data`` (and to a
-``register_device`` that sets an owner) waits for the commit of the batch that
-holds its rows: a callback on that batch's future sends it, so the event's
-handler still returns at once.
+With durable acknowledgements, the reply to ``telemetry_data`` waits for the
+commit of the batch that holds its rows — the commit handle the data plane
+hands back — through a callback on that batch's future, so the event's
+handler still returns at once. (A ``register_device`` that sets an owner is
+answered once the registry has committed it.)
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from typing import Any, NamedTuple
 
 import socketio
 from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
 
-from ..core.auth import Authenticator, Principal
 from ..config import Settings
+from ..core.auth import Authenticator, Principal
+from ..core.commands import Register, Subscribe, Unsubscribe, ok
+from ..core.dataplane import DataPlane
 from ..core.errors import ErrorCode, ProtocolError
-from .packets import EventPacket, ack_text, event_text, split_event
 from ..core.protocol import (
     Failure,
     HeartbeatEvent,
@@ -45,9 +49,11 @@ from ..core.protocol import (
     encode,
 )
 from ..core.ratelimit import TokenBucket
+from ..core.records import Commit
 from ..core.supervisor import Supervisor
+from .compat import SocketIOServer
+from .packets import EventPacket, ack_text, event_text
 from .transport import FramedPacket, Pinger, create_route, websocket_class
-from ..persistence.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,6 @@ NAMESPACE = "/"
 #: payload somewhat too large gets PAYLOAD_TOO_LARGE instead of a dropped socket.
 TRANSPORT_SLACK_BYTES = 1024 * 1024
 TELEMETRY_PROCESSED = encode(TelemetryProcessed())
-NO_ENVIRON: dict[str, Any] = {}
 INTERNAL_FAILURE = Failure(code=ErrorCode.INTERNAL, message="internal error")
 NOT_STORED = Failure(code=ErrorCode.STORE_UNAVAILABLE, message="the server stopped before it could store this; send it again")
 
@@ -99,7 +104,7 @@ class Session:
         self.budget = budget
 
 
-class Gateway(socketio.AsyncServer):
+class Gateway(SocketIOServer):
     def __init__(self, settings: Settings, authenticator: Authenticator) -> None:
         debug = settings.debug or ""
         super().__init__(
@@ -114,23 +119,17 @@ class Gateway(socketio.AsyncServer):
             logger="socket.io" in debug or debug == "*",
             engineio_logger="engine" in debug or debug == "*",
         )
-        self.eio._async = {
-            **self.eio._async,
-            "websocket": websocket_class(settings.ws_compression),
-            "create_route": create_route,
-        }
+        self.use_transport(websocket_class(settings.ws_compression), create_route)
         self.settings = settings
         self.authenticator = authenticator
-        self.supervisor: Supervisor | None = None
-        self.durable: WriteBehind | None = None
         self._sessions: dict[str, Session] = {}
         self.on("connect", self._on_connect)
         self.on("disconnect", self._on_disconnect)
 
-    def bind(self, supervisor: Supervisor, durable: WriteBehind | None = None) -> None:
-        """``durable``: the write-behind whose commits replies wait for (durable acknowledgements)."""
+    def bind(self, plane: DataPlane, supervisor: Supervisor) -> None:
+        """The data plane this gateway's sockets feed, and the supervisor it asks for the rest."""
+        self.plane = plane
         self.supervisor = supervisor
-        self.durable = durable
 
     async def close_connections(self) -> None:
         """Close every socket and answer the long-polls they hold; clients reconnect, to the next server, on their own.
@@ -169,26 +168,9 @@ class Gateway(socketio.AsyncServer):
 
     # ------------------------------------------------------------------ connections
 
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
-        """A new Engine.IO socket: pings on timers, and no copy of the handshake's environ.
-
-        python-socketio keeps the environ for the socket's life, for connect
-        handlers; this server's reads none of it.
-        """
-        Pinger(self.eio.sockets[eio_sid])
-        await super()._handle_eio_connect(eio_sid, NO_ENVIRON)
-
-    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
-        """An EVENT on the default namespace goes straight to its handler, as text.
-
-        python-socketio's generic packet parser costs more than the rest of a
-        telemetry message; anything but a plain EVENT still goes through it.
-        """
-        event = split_event(data) if isinstance(data, str) and eio_sid not in self._binary_packet else None
-        if event is None:
-            await super()._handle_eio_message(eio_sid, data)
-        else:
-            await self._handle_event(eio_sid, NAMESPACE, *event)
+    def engine_socket_opened(self, socket: AsyncSocket) -> None:
+        """Pings on timers, not a task per ping."""
+        Pinger(socket)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         try:
@@ -198,15 +180,16 @@ class Gateway(socketio.AsyncServer):
         rate = self.settings.rate_limit
         budget = TokenBucket(rate, self.settings.burst, time.monotonic()) if rate else None
         self._sessions[sid] = Session(principal, budget)
-        self.supervisor.connect(sid)
+        self.plane.connect(sid)
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
         self._sessions.pop(sid, None)
-        self.supervisor.disconnect(sid)
+        await self.supervisor.socket_closed(self.plane.disconnect(sid))
 
     # ------------------------------------------------------------------ events
 
-    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+    async def handle_event(self, eio_sid: str, namespace: str | None, ack_id: int | None, data: Any) -> None:
+        """One EVENT from a connected socket (no session: not connected on the default namespace, dropped)."""
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
         session = self._sessions.get(sid) if sid is not None else None
         if session is None:
@@ -215,14 +198,14 @@ class Gateway(socketio.AsyncServer):
             reply_event, reply = await self._dispatch(sid, session, data)
         except ProtocolError as error:
             reply_event, reply = "error", encode(Failure.of(error))
-            self.supervisor.meters.errors.mark(self.supervisor.clock())
+            self.plane.refused()
         except Exception:
             log.exception("event from socket %s failed", sid)
             reply_event, reply = "error", encode(INTERNAL_FAILURE)
         if isinstance(reply, Deferred):
-            reply.committed.add_done_callback(functools.partial(self._reply_committed, eio_sid, id, reply_event, reply.payload))
+            reply.committed.add_done_callback(functools.partial(self._reply_committed, eio_sid, ack_id, reply_event, reply.payload))
         else:
-            self._reply(eio_sid, id, reply_event, reply)
+            self._reply(eio_sid, ack_id, reply_event, reply)
 
     def _reply(self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes) -> None:
         if ack_id is not None:
@@ -237,9 +220,9 @@ class Gateway(socketio.AsyncServer):
             reply_event, payload = "error", encode(NOT_STORED)
         self._reply(eio_sid, ack_id, reply_event, payload)
 
-    def _when_committed(self, payload: bytes) -> bytes | Deferred:
-        """The reply as it is, or held back until what the event wrote is committed."""
-        return payload if self.durable is None else Deferred(payload, self.durable.committed())
+    def _processed(self, commit: Commit) -> bytes | Deferred:
+        """``telemetry_processed``, held back until ``commit`` when acknowledgements are durable."""
+        return Deferred(TELEMETRY_PROCESSED, commit.committed()) if self.settings.durable_ack else TELEMETRY_PROCESSED
 
     async def _dispatch(self, sid: str, session: Session, data: Any) -> tuple[str | None, bytes | Deferred]:
         """Run one event; return the reply event's name and its encoded payload (or the promise of it)."""
@@ -250,29 +233,28 @@ class Gateway(socketio.AsyncServer):
         limit = self.settings.max_payload_bytes
         if len(data) > limit // 4 and len(data.encode()) > limit:
             raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"an event may carry at most {limit} bytes")
-        supervisor = self.supervisor
-        reading = supervisor.engine.read(data)
-        if reading is not None:
-            supervisor.telemetry(sid, *reading)
-            return TelemetryDataEvent.reply_event, self._when_committed(TELEMETRY_PROCESSED)
+        plane = self.plane
+        commit = plane.telemetry_event(sid, data)
+        if commit is not None:
+            return TelemetryDataEvent.reply_event, self._processed(commit)
         event = decode_event(data)
         principal = session.principal
         match event:
             case TelemetryDataEvent(payload=message):
-                supervisor.telemetry(sid, message)
-                return event.reply_event, self._when_committed(TELEMETRY_PROCESSED)
+                return event.reply_event, self._processed(plane.telemetry(sid, message))
             case HeartbeatEvent(payload=message):
-                return event.reply_event, encode(supervisor.heartbeat(sid, message.imei))
+                return event.reply_event, encode(plane.heartbeat(sid, message.imei))
             case RegisterDeviceEvent(payload=message):
                 if not principal.may_register(message.imei):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not register {message.imei}")
-                reply = encode(await supervisor.register(sid, message.imei, message.userEmail))
-                return event.reply_event, reply if message.userEmail is None else self._when_committed(reply)
+                registered = await self.supervisor.register(Register(plane.name, sid, message.imei, message.userEmail))
+                return event.reply_event, encode(ok(registered))
             case SubscribeUserEvent(payload=message):
                 if not principal.may_subscribe(message.email):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not subscribe to {message.email}")
-                return event.reply_event, encode(await supervisor.subscribe(sid, message.email))
+                subscribed = await self.supervisor.subscribe(Subscribe(plane.name, sid, message.email))
+                return event.reply_event, encode(ok(subscribed))
             case UnsubscribeUserEvent(payload=message):
-                return event.reply_event, encode(supervisor.unsubscribe(sid, message.email))
+                return event.reply_event, encode(await self.supervisor.unsubscribe(Unsubscribe(plane.name, sid, message.email)))
         raise AssertionError(f"unhandled event {event!r}")
 

@@ -30,6 +30,8 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
+from .compat import websocket_driver
+
 log = logging.getLogger(__name__)
 
 _TEXT = 0x81
@@ -69,21 +71,16 @@ PUMP = "iothub.pump"
 def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
     """Engine.IO's WebSocket driver with this module's pump, compression on or off.
 
-    It only opens the WebSocket and leaves the pump on the request: the pump
-    runs in the route's handler (:func:`create_route`) once Engine.IO's
+    The driver only opens the WebSocket and leaves the pump on the request: the
+    pump runs in the route's handler (:func:`create_route`) once Engine.IO's
     handshake frames have returned, so that they and their locals are not kept
     for the socket's life.
     """
 
-    class WebSocket(eio_aiohttp.WebSocket):
-        async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
-            request = environ["aiohttp.request"]
-            ws = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
-            await ws.prepare(request)
-            request[PUMP] = Pump(self.handler.__self__, ws, request, compress)
-            return ws
+    def open_pump(socket: AsyncSocket, ws: WebSocketResponse, request: web.Request) -> None:
+        request[PUMP] = Pump(socket, ws, request, compress)
 
-    return WebSocket
+    return websocket_driver(open_pump, compress)
 
 
 def create_route(app: web.Application, server: AsyncServer, endpoint: str) -> None:

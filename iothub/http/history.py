@@ -15,7 +15,7 @@ the device sent. Rows show up once the write-behind has committed them.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -24,11 +24,9 @@ from msgspec import Meta, Raw, Struct, field
 from ..core.auth import Principal
 from ..core.errors import ErrorCode, ProtocolError
 from ..core.protocol import Imei, Millis, validation_error
-from .rest import HUB, respond
+from .rest import respond
 from ..persistence.store import InvalidCursor, Window, guarded
-
-if TYPE_CHECKING:
-    from ..app import Hub
+from .services import SERVICES, Services
 
 Limit = Annotated[int, Meta(ge=1, le=1000)]
 AlertCode = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -80,39 +78,39 @@ class HistoryPage(Struct, frozen=True):
 
 
 async def telemetry(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    principal = _reader(hub, request)
+    services = request.app[SERVICES]
+    principal = _reader(services, request)
     query = _query(request, TelemetryQuery, imei=request.match_info["imei"])
-    await _check_owner(hub, principal, query.imei)
-    page = await _read(hub.store.telemetry_history(query.imei, query.window()))
+    await _check_owner(services, principal, query.imei)
+    page = await _read(services.store.telemetry_history(query.imei, query.window()))
     items = [TelemetryItem(r.imei, r.timestamp, Raw(r.data), r.receivedAt) for r in page.items]
     return respond("Telemetry history retrieved successfully", HistoryPage(items, page.next_cursor))
 
 
 async def alerts(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    principal = _reader(hub, request)
+    services = request.app[SERVICES]
+    principal = _reader(services, request)
     query = _query(request, AlertQuery)
     imeis: list[str] | None = None
     if query.imei is not None:
-        await _check_owner(hub, principal, query.imei)
+        await _check_owner(services, principal, query.imei)
         imeis = [query.imei]
     elif principal.role != "admin":
-        imeis = [device.imei for device in await hub.writer.devices_of(principal.email)]
-    page = await _read(hub.store.alert_history(query.window(), imeis=imeis, code=query.code, level=query.level))
+        imeis = [device.imei for device in await services.write_behind.devices_of(principal.email)]
+    page = await _read(services.store.alert_history(query.window(), imeis=imeis, code=query.code, level=query.level))
     items = [AlertItem(a.imei, a.timestamp, a.code, a.level, a.message, Raw(a.data)) for a in page.items]
     return respond("Alert history retrieved successfully", HistoryPage(items, page.next_cursor))
 
 
-def _reader(hub: Hub, request: web.Request) -> Principal:
-    principal = hub.authenticator.for_request(request.headers.get("Authorization"))
+def _reader(services: Services, request: web.Request) -> Principal:
+    principal = services.authenticator.for_request(request.headers.get("Authorization"))
     if principal.role not in ("admin", "user"):
         raise ProtocolError(ErrorCode.FORBIDDEN, "history needs an admin or a user token")
     return principal
 
 
-async def _check_owner(hub: Hub, principal: Principal, imei: str) -> None:
-    if principal.role != "admin" and not principal.may_read_device(await hub.writer.owner_of(imei)):
+async def _check_owner(services: Services, principal: Principal, imei: str) -> None:
+    if principal.role != "admin" and not principal.may_read_device(await services.write_behind.owner_of(imei)):
         raise ProtocolError(ErrorCode.FORBIDDEN, f"device {imei} is not one of yours")
 
 

@@ -10,21 +10,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from ..core.auth import Principal
+from ..core.commands import Broadcast, SendToDevice, SendToUser, ok
 from ..core.errors import ErrorCode, ProtocolError
-from ..core.protocol import Connections, Delivery, DirectedMessage, Email, Envelope, Imei, encode, validation_error
-
-if TYPE_CHECKING:
-    from ..app import Hub
+from ..core.protocol import Connections, DirectedMessage, Email, Envelope, Imei, encode, validation_error
+from .services import SERVICES
 
 log = logging.getLogger(__name__)
 
-HUB = web.AppKey("hub", "Hub")
 SOCKETIO_PATH = "/socket.io"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -82,7 +80,7 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def admin(request: web.Request) -> Principal:
-    principal = request.app[HUB].authenticator.for_request(request.headers.get("Authorization"))
+    principal = request.app[SERVICES].authenticator.for_request(request.headers.get("Authorization"))
     if principal.role != "admin":
         raise ProtocolError(ErrorCode.FORBIDDEN, "this endpoint needs an admin token")
     return principal
@@ -94,35 +92,37 @@ async def health(request: web.Request) -> web.Response:
     Still 200 when degraded: the server serves, and its backlog is in memory —
     a balancer must not take it out of service for that.
     """
-    hub = request.app[HUB]
-    degraded = hub.writer.degraded
+    services = request.app[SERVICES]
+    degraded = services.write_behind.degraded
+    counts = await services.supervisor.counts()
     body = {
         "status": "DEGRADED" if degraded else "OK",
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "uptime": round(hub.uptime, 3),
-        "connectedDevices": hub.supervisor.device_count,
-        "connectedUsers": len(hub.supervisor.users()),
+        "uptime": round(services.uptime, 3),
+        "connectedDevices": counts.devices,
+        "connectedUsers": len(services.supervisor.users()),
     }
     if degraded:
-        body.update(store=hub.store.name, backlog=hub.writer.backlog)
+        body.update(store=services.store.name, backlog=services.write_behind.backlog)
     return web.Response(body=encode(body), content_type="application/json")
 
 
 async def status(request: web.Request) -> web.Response:
-    hub = request.app[HUB]
-    supervisor = hub.supervisor
+    services = request.app[SERVICES]
+    supervisor = services.supervisor
+    counts = await supervisor.counts()
     now = supervisor.clock()
     return respond(
         "Real-time status retrieved successfully",
         {
-            "connections": supervisor.connection_count,
-            "devices": supervisor.device_count,
+            "connections": counts.connections,
+            "devices": counts.devices,
             "users": len(supervisor.users()),
-            "messages": supervisor.meters.snapshot(now),
-            "evaluator": hub.engine.kind,
-            "store": hub.store.name,
-            "backlog": hub.writer.backlog,
-            "uptime": round(hub.uptime, 3),
+            "messages": services.plane.meters.snapshot(now),
+            "evaluator": services.evaluator,
+            "store": services.store.name,
+            "backlog": services.write_behind.backlog,
+            "uptime": round(services.uptime, 3),
             "timestamp": now,
         },
     )
@@ -130,11 +130,11 @@ async def status(request: web.Request) -> web.Response:
 
 async def connections(request: web.Request) -> web.Response:
     admin(request)
-    supervisor = request.app[HUB].supervisor
+    supervisor = request.app[SERVICES].supervisor
     data = Connections(
-        devices=supervisor.devices(),
+        devices=await supervisor.devices(),
         users=supervisor.users(),
-        totalConnections=supervisor.connection_count,
+        totalConnections=(await supervisor.counts()).connections,
         timestamp=supervisor.clock(),
     )
     return respond("Connection status retrieved successfully", data)
@@ -142,35 +142,35 @@ async def connections(request: web.Request) -> web.Response:
 
 async def devices(request: web.Request) -> web.Response:
     admin(request)
-    return respond("Connected devices retrieved successfully", request.app[HUB].supervisor.devices())
+    return respond("Connected devices retrieved successfully", await request.app[SERVICES].supervisor.devices())
 
 
 async def users(request: web.Request) -> web.Response:
     admin(request)
-    return respond("Connected users retrieved successfully", request.app[HUB].supervisor.users())
+    return respond("Connected users retrieved successfully", request.app[SERVICES].supervisor.users())
 
 
 async def broadcast(request: web.Request) -> web.Response:
     admin(request)
     message = await _directed_message(request)
-    recipients = request.app[HUB].supervisor.broadcast(message.event, _payload(message))
-    return respond("Message broadcast successfully", Delivery(message.event, recipients))
+    delivery = await request.app[SERVICES].supervisor.broadcast(Broadcast(message.event, _payload(message)))
+    return respond("Message broadcast successfully", delivery)
 
 
 async def to_device(request: web.Request) -> web.Response:
     admin(request)
     imei = _path_value(request, "imei", _check_imei)
     message = await _directed_message(request)
-    recipients = request.app[HUB].supervisor.send_to_device(imei, message.event, _payload(message))
-    return respond("Message sent to device successfully", Delivery(message.event, recipients))
+    delivery = await request.app[SERVICES].supervisor.send_to_device(SendToDevice(imei, message.event, _payload(message)))
+    return respond("Message sent to device successfully", ok(delivery))
 
 
 async def to_user(request: web.Request) -> web.Response:
     admin(request)
     email = _path_value(request, "email", _check_email).lower()
     message = await _directed_message(request)
-    recipients = request.app[HUB].supervisor.send_to_user(email, message.event, _payload(message))
-    return respond("Message sent to user successfully", Delivery(message.event, recipients))
+    delivery = await request.app[SERVICES].supervisor.send_to_user(SendToUser(email, message.event, _payload(message)))
+    return respond("Message sent to user successfully", ok(delivery))
 
 
 def _path_value(request: web.Request, name: str, check: Callable[[bytes], str]) -> str:

@@ -1,8 +1,8 @@
 """The write-behind buffer: telemetry, alerts and owner changes leave the hot path here.
 
-The supervisor hands rows over without waiting; a background task commits them
-to the store in batches, as soon as a batch is full or the flush interval has
-passed, one batch at a time and in order.
+The data plane hands rows over without waiting; a background task commits
+them to the store in batches, as soon as a batch is full or the flush interval
+has passed, one batch at a time and in order.
 
 Nothing accepted is lost. The buffer is bounded: once it holds ``capacity``
 rows, telemetry is refused with ``STORE_UNAVAILABLE`` before anything changes,
@@ -11,13 +11,15 @@ the queue and is retried with exponential back-off; meanwhile the buffer says
 it is ``degraded`` and how large its ``backlog`` is. A clean shutdown writes
 everything left.
 
-Durable acknowledgements ride on the batches: :meth:`WriteBehind.committed` is
-one future per batch, resolved when the batch is committed, so a reply can wait
-for its batch (group commit) without a task or an await per message.
+Durable acknowledgements ride on the batches: taking a row hands back its
+:class:`Batch`, whose :meth:`Batch.committed` is one future per batch,
+resolved when the batch is committed, so a reply can wait for its batch
+(group commit) without a task or an await per message.
 
 The buffer also stands in front of the store as the supervisor's
-:class:`~iothub.store.Registry`: owner changes are written behind like the
-rest, and read back with those not yet written laid over the store's answer.
+:class:`~iothub.core.records.Registry`: owner changes are written behind like
+the rest, and read back with those not yet written laid over the store's
+answer. With ``durable`` set, an owner change returns once it is committed.
 """
 
 from __future__ import annotations
@@ -69,11 +71,20 @@ class Batch:
 
 
 class WriteBehind:
-    def __init__(self, store: Store, *, capacity: int = 500_000, batch_rows: int = 1000, flush_interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        capacity: int = 500_000,
+        batch_rows: int = 1000,
+        flush_interval: float = 0.05,
+        durable: bool = False,
+    ) -> None:
         self.store = store
         self.capacity = capacity
         self.batch_rows = batch_rows
         self.flush_interval = flush_interval
+        self.durable = durable
         #: Rows taken and not yet committed.
         self.backlog = 0
         #: Whether the last write failed (and is being retried).
@@ -88,8 +99,8 @@ class WriteBehind:
 
     # ------------------------------------------------------------------ Recorder
 
-    def telemetry(self, record: TelemetryRecord) -> None:
-        """Take one message's row, or refuse it (``STORE_UNAVAILABLE``) taking nothing."""
+    def telemetry(self, record: TelemetryRecord) -> Batch:
+        """Take one message's row and return its batch, or refuse it (``STORE_UNAVAILABLE``) taking nothing."""
         if self.backlog >= self.capacity or not self._accepting:
             self._check_accepting()
             raise ProtocolError(ErrorCode.STORE_UNAVAILABLE, "the store is behind; retry later")
@@ -100,31 +111,25 @@ class WriteBehind:
         self.backlog += 1
         if len(batch.telemetry) >= self.batch_rows:
             self._wake.set()
+        return batch
 
     def alert(self, record: AlertRecord) -> None:
         """Take an alert of the message just taken: never refused, it lands in that message's batch."""
         self._open.alerts.append(record)
         self.backlog += 1
 
-    def committed(self) -> asyncio.Future[None]:
-        """A future resolved once every row taken so far is committed; it fails if the server stops first."""
-        batch = self._open if self._open.rows else (self._queue[-1] if self._queue else None)
-        if batch is not None:
-            return batch.committed()
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
     # ------------------------------------------------------------------ Registry
 
     async def set_owner(self, imei: str, email: str) -> None:
-        """Write the owner behind; refused only at shutdown (a row per registration, one per device at most)."""
+        """Write the owner behind (durable: and wait for its commit); refused only at shutdown."""
         self._check_accepting()
         batch = self._open
         if imei not in batch.owners:
             self.backlog += 1
         batch.owners[imei] = email
         self._owners[imei] = batch
+        if self.durable:
+            await batch.committed()
 
     async def owner_of(self, imei: str) -> str | None:
         pending = self._pending_owner(imei)

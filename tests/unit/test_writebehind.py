@@ -13,14 +13,12 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import pytest
 
-from iothub.core.alerts import AlertEngine
 from iothub.core.errors import ErrorCode, ProtocolError
-from iothub.core.protocol import TelemetryData
 from iothub.core.records import AlertRecord, DeviceRecord, TelemetryRecord
-from iothub.core.supervisor import Supervisor
 from iothub.persistence.writebehind import WriteBehind
 
-from .stores import FlakyStore
+from ..support.planes import OneProcess
+from ..support.stores import FlakyStore
 
 IMEI_A, IMEI_B = "356938035643809", "490154203237518"
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -115,27 +113,20 @@ async def test_a_full_buffer_refuses_telemetry_and_keeps_what_it_took(store: Fla
     assert store.telemetry == [row(n) for n in range(6)]
 
 
-async def test_a_refused_message_changes_nothing_in_the_supervisor(store: FlakyStore) -> None:
+async def test_a_refused_message_changes_nothing_in_the_data_plane(store: FlakyStore) -> None:
     writer = WriteBehind(store, capacity=1, flush_interval=HOUR)
-    sent: list[str] = []
-
-    class Outbox:
-        def send(self, sids, event, payload) -> int:
-            sent.append(event)
-            return len(sids)
-
-    supervisor = Supervisor(AlertEngine(), writer, Outbox(), writer, clock=lambda: T0)
-    supervisor.connect("dev")
-    supervisor.connect("watcher")
-    await supervisor.register("dev", IMEI_A, ALICE)
-    await supervisor.subscribe("watcher", ALICE)
-    sent.clear()
+    planes = OneProcess.build(writer, writer)
+    planes.connect("dev", "watcher")
+    await planes.register("dev", IMEI_A, ALICE)
+    await planes.subscribe("watcher", ALICE)
+    planes.outbox.sent.clear()
     writer.backlog = writer.capacity  # as if the store had been down for a while
     with pytest.raises(ProtocolError) as refused:
-        supervisor.telemetry("dev", TelemetryData(imei=IMEI_A, data=msgspec.Raw(b'{"engineRpm":9000}'), timestamp=T0))
+        planes.telemetry("dev", IMEI_A, {"engineRpm": 9000}, timestamp=T0)
     assert refused.value.code == ErrorCode.STORE_UNAVAILABLE
-    assert sent == [] and supervisor.meters.telemetry.total == 0 and supervisor.meters.alerts.total == 0
-    assert (await supervisor.subscribe("watcher", ALICE)).telemetries == []
+    meters = planes.plane.meters
+    assert planes.outbox.sent == [] and meters.telemetry.total == 0 and meters.alerts.total == 0
+    assert (await planes.subscribe("watcher", ALICE)).telemetries == []
 
 
 # --------------------------------------------------------------------------- outages
@@ -158,8 +149,7 @@ async def test_an_outage_is_retried_reported_and_caught_up(store: FlakyStore, ma
 
 async def test_close_gives_a_failing_store_a_bounded_wait_and_counts_the_loss(store: FlakyStore, make_writer) -> None:
     writer = make_writer(flush_interval=0.01)
-    writer.telemetry(row(0))
-    committed = writer.committed()
+    committed = writer.telemetry(row(0)).committed()
     store.failing = True
     started = time.monotonic()
     assert await writer.close(timeout=0.3) == 1
@@ -180,12 +170,9 @@ async def test_close_gives_a_failing_store_a_bounded_wait_and_counts_the_loss(st
 async def test_committed_resolves_only_once_the_batch_is_written(store: FlakyStore, make_writer) -> None:
     writer = make_writer(batch_rows=2, flush_interval=0.01)
     store.failing = True
-    writer.telemetry(row(0))
-    first = writer.committed()
-    writer.telemetry(row(1))
-    assert writer.committed() is first  # one future per batch: group commit
-    writer.telemetry(row(2))
-    second = writer.committed()
+    first = writer.telemetry(row(0)).committed()
+    assert writer.telemetry(row(1)).committed() is first  # one future per batch: group commit
+    second = writer.telemetry(row(2)).committed()
     assert second is not first
     await eventually(lambda: store.attempts >= 2)
     assert not first.done() and not second.done()
@@ -194,9 +181,15 @@ async def test_committed_resolves_only_once_the_batch_is_written(store: FlakySto
     assert first.done() and store.telemetry == [row(0), row(1), row(2)]
 
 
-async def test_committed_with_nothing_pending_is_already_done(make_writer) -> None:
-    writer = make_writer()
-    assert writer.committed().done()
+async def test_a_durable_owner_change_returns_once_it_is_committed(store: FlakyStore, make_writer) -> None:
+    writer = make_writer(flush_interval=0.01, durable=True)
+    store.failing = True
+    change = asyncio.ensure_future(writer.set_owner(IMEI_A, ALICE))
+    await eventually(lambda: store.attempts >= 2)
+    assert not change.done()
+    store.failing = False
+    await asyncio.wait_for(change, 5)
+    assert store.owners == {IMEI_A: ALICE}
 
 
 # --------------------------------------------------------------------------- the registry in front of the store

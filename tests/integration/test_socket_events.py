@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from .clients import (
+from ..support.clients import (
     REPLY_STYLES,
     assert_failure,
     connections,

@@ -20,7 +20,7 @@ from iothub.persistence.store import InvalidCursor, Page, Store, Window, encode_
 from iothub.persistence.memory import MemoryStore
 from iothub.persistence.sqlite import WRITER_NICENESS, SQLiteStore
 
-from .stores import KINDS, MONGO, PERSISTENT_KINDS, StoreMaker, database_of
+from ..support.stores import KINDS, MONGO, PERSISTENT_KINDS, StoreMaker, database_of
 
 IMEI_A, IMEI_B, IMEI_C = "356938035643809", "490154203237518", "012345678901234"
 ALICE, BOB = "alice@example.com", "bob@example.com"

@@ -25,8 +25,8 @@ import aiohttp
 import pytest
 import socketio
 
-from .clients import connect
-from .server import RunningServer
+from ..support.clients import connect
+from ..support.server import RunningServer
 
 T0 = 1_700_000_000_000
 TIMEOUT = 10.0

@@ -14,7 +14,7 @@ import time
 import aiohttp
 import pytest
 
-from .clients import connect, until
+from ..support.clients import connect, until
 
 PING_INTERVAL_MS = 200
 PING_TIMEOUT_MS = 400

@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 
-from bench.fleet import ServerProcess, pin_threads
+from bench.fleet import BenchServer, pin_threads
 from iothub.cli import main
 
-from .server import free_port
 
 
-def status(server: ServerProcess) -> dict[str, Any]:
+def status(server: BenchServer) -> dict[str, Any]:
     with urllib.request.urlopen(server.url + "/api/realtime/status", timeout=10) as response:
         return json.loads(response.read())["data"]
 
@@ -29,10 +28,10 @@ def status(server: ServerProcess) -> dict[str, Any]:
 @pytest.fixture
 def started() -> Any:
     """``started(spec, env)``: a benchmark server, stopped at the end."""
-    servers: list[ServerProcess] = []
+    servers: list[BenchServer] = []
 
-    def start(spec: str, env: dict[str, str] | None = None) -> ServerProcess:
-        servers.append(ServerProcess(spec, free_port(), env or {}))
+    def start(spec: str, env: dict[str, str] | None = None) -> BenchServer:
+        servers.append(BenchServer(spec, env or {}))
         return servers[-1]
 
     yield start
@@ -69,7 +68,7 @@ def test_a_server_that_does_not_start_says_why_and_leaves_nothing_behind(tmp_pat
     monkeypatch.delenv("MONGODB_URI", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(SystemExit, match="iothub:mongodb server did not start: .*IOTHUB_STORE=mongodb needs MONGODB_URI"):
-        ServerProcess("iothub:mongodb", free_port(), {})
+        BenchServer("iothub:mongodb", {})
     assert list(tmp_path.iterdir()) == []
 
 

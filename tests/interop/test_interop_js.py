@@ -35,12 +35,12 @@ from typing import Any
 import jwt
 import pytest
 
-from .server import RunningServer, start_server
+from ..support.server import RunningServer, start_server
 
 # npm install may take up to NPM_TIMEOUT on a cold cache; the default 120 s per test is too short for that.
 pytestmark = pytest.mark.timeout(300)
 
-SCRIPTS = Path(__file__).parent / "interop"
+SCRIPTS = Path(__file__).parent
 NPM_TIMEOUT = 180
 #: The scripts' own watchdog; they print {"kind": "timeout"} and exit 2 when it fires.
 SCRIPT_WATCHDOG_MS = 15_000

@@ -12,7 +12,7 @@ import contextlib
 
 import pytest
 
-from .clients import assert_failure, live_devices, now_ms, until
+from ..support.clients import assert_failure, live_devices, now_ms, until
 
 TIMEOUT_MS = 600
 KEEPALIVE_S = 0.1

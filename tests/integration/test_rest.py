@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import jwt
 import pytest
 
-from .clients import rest, until
-from .server import TEST_SECRET
+from ..support.clients import rest, until
+from ..support.server import TEST_SECRET
 
 MANAGEMENT_GETS = ["/api/realtime/connections", "/api/realtime/devices", "/api/realtime/users"]
 MANAGEMENT_POSTS = ["/api/realtime/broadcast", "/api/realtime/device/123456789012345", "/api/realtime/user/a@example.com"]

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from iothub.app import Hub
 from iothub.config import Settings
 
-from .server import RunningServer
-from .stores import FlakyStore
+from ..support.server import RunningServer
+from ..support.stores import FlakyStore
 
 T0 = 1_700_000_000_000
 TIMEOUT = 10.0

@@ -11,8 +11,8 @@ import warnings
 import jwt
 import pytest
 
-from .clients import REPLY_STYLES, assert_failure, refused, rest
-from .server import TEST_SECRET, free_port, start_server
+from ..support.clients import REPLY_STYLES, assert_failure, refused, rest
+from ..support.server import TEST_SECRET, free_port, start_server
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from .clients import now_ms
-from .server import start_server
+from ..support.clients import now_ms
+from ..support.server import start_server
 
 DEFAULT_ALERTS = {
     "CRASH_DETECTED": ("crash_detected", "critical", "Crash detected!"),

@@ -1,5 +1,7 @@
-"""The Supervisor with plain objects: routing tables, fan-out, alerts, subscriptions, sweep.
+"""The two planes of one process with plain objects: routing tables, fan-out, alerts, subscriptions, sweep.
 
+The data plane takes telemetry and heartbeats; the supervisor registrations,
+subscriptions, disconnects, directed messages and the sweep, as commands.
 The front end is a recording :class:`Outbox`, the write-behind buffer a
 recording :class:`Recorder`, the store a :class:`MemoryStore`, and time an
 injected clock, so every test says exactly who received what, when.
@@ -7,7 +9,7 @@ injected clock, so every test says exactly who received what, when.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,90 +17,23 @@ import msgspec
 import pytest
 
 from iothub.core.alerts import AlertEngine
-from iothub.core.errors import ErrorCode, ProtocolError
-from iothub.core.protocol import DeviceInfo, DeviceRegistered, HeartbeatAck, TelemetryData, UserUnsubscribed
-from iothub.core.rules import merge_rules
+from iothub.core.errors import HTTP_STATUS, ErrorCode, ProtocolError
+from iothub.core.protocol import DeviceInfo, DeviceRegistered, Failure, HeartbeatAck, UserUnsubscribed
 from iothub.core.records import AlertRecord, TelemetryRecord
+from iothub.core.rules import merge_rules
 from iothub.persistence.memory import MemoryStore
-from iothub.core.supervisor import Supervisor
+
+from ..support.planes import T0, OneProcess, RecordingRecorder, Sent
 
 IMEI_A, IMEI_B, IMEI_C, IMEI_D = "356938035643809", "490154203237518", "012345678901234", "861234567890123"
 ALICE, BOB = "alice@example.com", "bob@example.com"
-T0 = 1_700_000_000_000
 TIMEOUT = 300_000
 
 
-@dataclass(frozen=True)
-class Sent:
-    sids: frozenset[str]
-    event: str
-    raw: bytes | None
-
-    @property
-    def payload(self) -> Any:
-        return None if self.raw is None else msgspec.json.decode(self.raw)
-
-
-class RecordingOutbox:
-    """Records every send; every socket it is given receives."""
-
-    def __init__(self) -> None:
-        self.sent: list[Sent] = []
-
-    def send(self, sids: Collection[str], event: str, payload: bytes | None) -> int:
-        self.sent.append(Sent(frozenset(sids), event, payload))
-        return len(self.sent[-1].sids)
-
-    def received(self, sid: str) -> list[tuple[str, Any]]:
-        """(event, decoded payload) of what ``sid`` got, in order."""
-        return [(sent.event, sent.payload) for sent in self.sent if sid in sent.sids]
-
-    def events(self, sid: str) -> list[str]:
-        return [event for event, _ in self.received(sid)]
-
-
-class RecordingRecorder:
-    def __init__(self) -> None:
-        self.telemetry_rows: list[TelemetryRecord] = []
-        self.alert_rows: list[AlertRecord] = []
-
-    def telemetry(self, record: TelemetryRecord) -> None:
-        self.telemetry_rows.append(record)
-
-    def alert(self, record: AlertRecord) -> None:
-        self.alert_rows.append(record)
-
-
-class Clock:
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> int:
-        self.now += ms
-        return self.now
-
-
 @dataclass
-class Hub:
-    supervisor: Supervisor
-    store: MemoryStore
-    outbox: RecordingOutbox
-    recorder: RecordingRecorder
-    clock: Clock = field(default_factory=Clock)
-
-    def connect(self, *sids: str) -> None:
-        for sid in sids:
-            self.supervisor.connect(sid)
-
-    async def register(self, sid: str, imei: str, owner: str | None = None) -> DeviceRegistered:
-        return await self.supervisor.register(sid, imei, owner)
-
-    def telemetry(self, sid: str, imei: str, data: dict[str, Any] | bytes, timestamp: int | None = None) -> None:
-        raw = data if isinstance(data, bytes) else msgspec.json.encode(data)
-        self.supervisor.telemetry(sid, TelemetryData(imei=imei, data=msgspec.Raw(raw), timestamp=timestamp))
+class Hub(OneProcess):
+    store: MemoryStore = field(default_factory=MemoryStore)
+    recorder: RecordingRecorder = field(default_factory=RecordingRecorder)
 
     async def flush(self) -> None:
         """What the write-behind buffer would do: hand the recorded rows to the store."""
@@ -109,11 +44,9 @@ class Hub:
 @pytest.fixture
 def make_hub() -> Callable[..., Hub]:
     def make(engine: AlertEngine | None = None, **options: Any) -> Hub:
-        clock, store, outbox, recorder = Clock(), MemoryStore(), RecordingOutbox(), RecordingRecorder()
-        supervisor = Supervisor(
-            engine or AlertEngine(), store, outbox, recorder, heartbeat_timeout_ms=TIMEOUT, clock=clock, **options
-        )
-        return Hub(supervisor, store, outbox, recorder, clock)
+        store, recorder = MemoryStore(), RecordingRecorder()
+        built = OneProcess.build(store, recorder, engine, heartbeat_timeout_ms=TIMEOUT, **options)
+        return Hub(built.plane, built.supervisor, built.outbox, built.clock, store, recorder)
 
     return make
 
@@ -127,7 +60,7 @@ async def alice_device_watched(hub: Hub, data_watchers: tuple[str, ...] = ("watc
     """Socket ``dev`` runs IMEI_A owned by ALICE; each watcher subscribes to ALICE; the outbox starts empty."""
     hub.connect("dev", *data_watchers)
     for watcher in data_watchers:
-        await hub.supervisor.subscribe(watcher, ALICE)
+        await hub.subscribe(watcher, ALICE)
     await hub.register("dev", IMEI_A, ALICE)
     hub.outbox.sent.clear()
 
@@ -143,8 +76,8 @@ async def test_register_replies_and_persists_the_owner(hub: Hub) -> None:
     hub.connect("dev")
     assert await hub.register("dev", IMEI_A, ALICE) == DeviceRegistered(imei=IMEI_A)
     assert await hub.store.owner_of(IMEI_A) == ALICE
-    assert hub.supervisor.devices() == [DeviceInfo(IMEI_A, "dev", T0, T0, ALICE)]
-    assert hub.supervisor.device_count == 1
+    assert await hub.supervisor.devices() == [DeviceInfo(IMEI_A, "dev", T0, T0, ALICE)]
+    assert await hub.device_count() == 1
 
 
 @pytest.mark.parametrize("again_on", ["dev", "other"])
@@ -152,7 +85,7 @@ async def test_registering_again_without_email_keeps_the_owner(hub: Hub, again_o
     hub.connect("dev", "other")
     await hub.register("dev", IMEI_A, ALICE)
     await hub.register(again_on, IMEI_A)
-    assert [(d.socketId, d.userEmail) for d in hub.supervisor.devices()] == [(again_on, ALICE)]
+    assert [(d.socketId, d.userEmail) for d in await hub.supervisor.devices()] == [(again_on, ALICE)]
     assert hub.store.owners == {IMEI_A: ALICE}
 
 
@@ -160,10 +93,10 @@ async def test_owner_outlives_the_connection(hub: Hub) -> None:
     """The owner is persistent: a device that comes back without userEmail keeps it."""
     hub.connect("dev")
     await hub.register("dev", IMEI_A, ALICE)
-    hub.supervisor.disconnect("dev")
+    await hub.disconnect("dev")
     hub.connect("dev2")
     await hub.register("dev2", IMEI_A)
-    assert hub.supervisor.devices()[0].userEmail == ALICE
+    assert (await hub.supervisor.devices())[0].userEmail == ALICE
 
 
 @pytest.mark.parametrize("again_on", ["dev", "other"])
@@ -171,17 +104,17 @@ async def test_registering_with_another_email_changes_the_owner(hub: Hub, again_
     hub.connect("dev", "other")
     await hub.register("dev", IMEI_A, ALICE)
     await hub.register(again_on, IMEI_A, BOB)
-    assert hub.supervisor.devices()[0].userEmail == BOB
+    assert (await hub.supervisor.devices())[0].userEmail == BOB
     assert await hub.store.owner_of(IMEI_A) == BOB
     assert [record.imei for record in await hub.store.devices_of(ALICE)] == []
 
 
 async def test_device_without_owner_is_live_and_recorded_but_sent_nowhere(hub: Hub) -> None:
     hub.connect("dev", "watcher")
-    await hub.supervisor.subscribe("watcher", ALICE)
+    await hub.subscribe("watcher", ALICE)
     await hub.register("dev", IMEI_A)
     hub.telemetry("dev", IMEI_A, {"crashDetection": 1}, timestamp=5)
-    assert hub.supervisor.devices()[0].userEmail is None
+    assert (await hub.supervisor.devices())[0].userEmail is None
     assert hub.outbox.sent == []
     assert [row.imei for row in hub.recorder.telemetry_rows] == [IMEI_A]
     assert [row.code for row in hub.recorder.alert_rows] == ["CRASH_DETECTED"]
@@ -192,7 +125,7 @@ async def test_one_socket_registers_several_imeis(hub: Hub) -> None:
     hub.connect("gateway")
     for imei in (IMEI_A, IMEI_B, IMEI_C):
         await hub.register("gateway", imei, ALICE)
-    assert sorted((d.imei, d.socketId) for d in hub.supervisor.devices()) == sorted(
+    assert sorted((d.imei, d.socketId) for d in await hub.supervisor.devices()) == sorted(
         (imei, "gateway") for imei in (IMEI_A, IMEI_B, IMEI_C)
     )
     for imei in (IMEI_A, IMEI_B, IMEI_C):
@@ -205,8 +138,8 @@ async def test_newest_registration_on_another_socket_wins(hub: Hub) -> None:
     await hub.register("old", IMEI_A, ALICE)
     hub.clock.advance(10)
     await hub.register("new", IMEI_A)
-    assert hub.supervisor.devices() == [DeviceInfo(IMEI_A, "new", T0 + 10, T0 + 10, ALICE)]
-    for stale in (lambda: hub.telemetry("old", IMEI_A, {"speed": 1}), lambda: hub.supervisor.heartbeat("old", IMEI_A)):
+    assert await hub.supervisor.devices() == [DeviceInfo(IMEI_A, "new", T0 + 10, T0 + 10, ALICE)]
+    for stale in (lambda: hub.telemetry("old", IMEI_A, {"speed": 1}), lambda: hub.plane.heartbeat("old", IMEI_A)):
         with pytest.raises(ProtocolError) as info:
             stale()
         assert info.value.code is ErrorCode.DEVICE_NOT_REGISTERED
@@ -216,12 +149,12 @@ async def test_newest_registration_on_another_socket_wins(hub: Hub) -> None:
 
 async def test_old_socket_leaving_does_not_take_the_device_offline(hub: Hub) -> None:
     hub.connect("old", "new", "watcher")
-    await hub.supervisor.subscribe("watcher", ALICE)
+    await hub.subscribe("watcher", ALICE)
     await hub.register("old", IMEI_A, ALICE)
     await hub.register("new", IMEI_A)
     hub.outbox.sent.clear()
-    hub.supervisor.disconnect("old")
-    assert [d.socketId for d in hub.supervisor.devices()] == ["new"]
+    await hub.disconnect("old")
+    assert [d.socketId for d in await hub.supervisor.devices()] == ["new"]
     assert hub.outbox.sent == []
 
 
@@ -230,7 +163,7 @@ async def test_new_socket_inherits_the_last_telemetry(hub: Hub) -> None:
     await hub.register("old", IMEI_A, ALICE)
     hub.telemetry("old", IMEI_A, {"speed": 42}, timestamp=T0 - 5)
     await hub.register("new", IMEI_A)
-    reply = await hub.supervisor.subscribe("watcher", ALICE)
+    reply = await hub.subscribe("watcher", ALICE)
     assert [(t.imei, t.timestamp, bytes(t.data), t.connected) for t in reply.telemetries] == [
         (IMEI_A, T0 - 5, b'{"speed":42}', True)
     ]
@@ -239,9 +172,9 @@ async def test_new_socket_inherits_the_last_telemetry(hub: Hub) -> None:
 async def test_registration_from_a_socket_that_has_left_binds_nothing(hub: Hub) -> None:
     """The socket disconnected while the store answered: no device may be left behind."""
     hub.connect("dev")
-    hub.supervisor.disconnect("dev")
+    await hub.disconnect("dev")
     assert await hub.register("dev", IMEI_A, ALICE) == DeviceRegistered(imei=IMEI_A)
-    assert hub.supervisor.devices() == []
+    assert await hub.supervisor.devices() == []
 
 
 # --------------------------------------------------------------------------- device_status
@@ -249,12 +182,12 @@ async def test_registration_from_a_socket_that_has_left_binds_nothing(hub: Hub) 
 
 async def test_device_status_goes_to_the_owner_s_subscribers_only(hub: Hub) -> None:
     hub.connect("dev", "alice-1", "alice-2", "bob-1")
-    await hub.supervisor.subscribe("alice-1", ALICE)
-    await hub.supervisor.subscribe("alice-2", ALICE)
-    await hub.supervisor.subscribe("bob-1", BOB)
+    await hub.subscribe("alice-1", ALICE)
+    await hub.subscribe("alice-2", ALICE)
+    await hub.subscribe("bob-1", BOB)
     await hub.register("dev", IMEI_A, ALICE)
     hub.clock.advance(1_000)
-    hub.supervisor.disconnect("dev")
+    await hub.disconnect("dev")
     for watcher in ("alice-1", "alice-2"):
         assert hub.outbox.received(watcher) == [status(IMEI_A, "online", T0), status(IMEI_A, "offline", T0 + 1_000)]
     assert hub.outbox.received("bob-1") == []
@@ -271,11 +204,11 @@ async def test_registering_again_on_the_same_socket_announces_online_again(hub: 
 async def test_disconnecting_socket_gets_nothing_about_its_own_devices(hub: Hub) -> None:
     """A socket that both runs a device and watches its owner is gone before the offline goes out."""
     hub.connect("both", "watcher")
-    await hub.supervisor.subscribe("both", ALICE)
-    await hub.supervisor.subscribe("watcher", ALICE)
+    await hub.subscribe("both", ALICE)
+    await hub.subscribe("watcher", ALICE)
     await hub.register("both", IMEI_A, ALICE)
     hub.outbox.sent.clear()
-    hub.supervisor.disconnect("both")
+    await hub.disconnect("both")
     assert hub.outbox.received("both") == []
     assert hub.outbox.received("watcher") == [status(IMEI_A, "offline", T0)]
 
@@ -286,7 +219,7 @@ async def test_disconnecting_socket_gets_nothing_about_its_own_devices(hub: Hub)
 async def test_telemetry_fans_out_to_every_subscribed_socket_of_the_owner_and_nobody_else(hub: Hub) -> None:
     await alice_device_watched(hub, ("alice-1", "alice-2"))
     hub.connect("bob-1", "idle")
-    await hub.supervisor.subscribe("bob-1", BOB)
+    await hub.subscribe("bob-1", BOB)
     hub.telemetry("dev", IMEI_A, {"speed": 80, "engineRpm": 2000}, timestamp=T0 - 1)
     update = {"type": "telemetry_update", "imei": IMEI_A, "timestamp": T0 - 1, "data": {"speed": 80, "engineRpm": 2000}}
     assert [(sent.sids, sent.event, sent.payload) for sent in hub.outbox.sent] == [
@@ -317,7 +250,7 @@ async def test_telemetry_updates_the_heartbeat(hub: Hub) -> None:
     await alice_device_watched(hub)
     now = hub.clock.advance(9_000)
     hub.telemetry("dev", IMEI_A, {"speed": 1}, timestamp=1)
-    assert hub.supervisor.devices()[0].lastHeartbeat == now
+    assert (await hub.supervisor.devices())[0].lastHeartbeat == now
 
 
 @pytest.mark.parametrize("imei", ["35693803564380a", "٣٥٦٩٣٨٠٣٥٦٤٣٨٠٩"])
@@ -338,14 +271,14 @@ async def test_telemetry_for_a_malformed_imei_is_invalid_imei(hub: Hub, imei: st
 async def test_telemetry_for_an_imei_not_registered_on_the_socket_changes_nothing(hub: Hub, sid: str, imei: str) -> None:
     await alice_device_watched(hub)
     hub.connect("other")
-    before = hub.supervisor.devices()
+    before = await hub.supervisor.devices()
     hub.clock.advance(1)
     with pytest.raises(ProtocolError) as info:
         hub.telemetry(sid, imei, {"crashDetection": 1})
     assert info.value.code is ErrorCode.DEVICE_NOT_REGISTERED
     assert hub.outbox.sent == []
     assert hub.recorder.telemetry_rows == hub.recorder.alert_rows == []
-    assert hub.supervisor.devices() == before
+    assert await hub.supervisor.devices() == before
 
 
 @pytest.mark.parametrize(
@@ -363,29 +296,29 @@ async def test_telemetry_for_an_imei_not_registered_on_the_socket_changes_nothin
 async def test_invalid_data_changes_nothing(hub: Hub, data: bytes) -> None:
     """No fan-out, no record, no alert, no new last state, not even a heartbeat."""
     await alice_device_watched(hub)
-    before = hub.supervisor.devices()
+    before = await hub.supervisor.devices()
     hub.clock.advance(1)
     with pytest.raises(ProtocolError) as info:
         hub.telemetry("dev", IMEI_A, data, timestamp=T0)
     assert info.value.code is ErrorCode.INVALID_PAYLOAD
     assert hub.outbox.sent == []
     assert hub.recorder.telemetry_rows == hub.recorder.alert_rows == []
-    assert hub.supervisor.devices() == before
-    assert (await hub.supervisor.subscribe("watcher", ALICE)).telemetries == []
+    assert await hub.supervisor.devices() == before
+    assert (await hub.subscribe("watcher", ALICE)).telemetries == []
 
 
 async def test_heartbeat_replies_with_the_server_time_and_refreshes_the_device(hub: Hub) -> None:
     await alice_device_watched(hub)
     now = hub.clock.advance(1_234)
-    assert hub.supervisor.heartbeat("dev", IMEI_A) == HeartbeatAck(imei=IMEI_A, timestamp=now)
-    assert hub.supervisor.devices()[0].lastHeartbeat == now
+    assert hub.plane.heartbeat("dev", IMEI_A) == HeartbeatAck(imei=IMEI_A, timestamp=now)
+    assert (await hub.supervisor.devices())[0].lastHeartbeat == now
     assert hub.outbox.sent == []
 
 
 async def test_heartbeat_for_an_unregistered_imei_is_refused(hub: Hub) -> None:
     hub.connect("dev")
     with pytest.raises(ProtocolError) as info:
-        hub.supervisor.heartbeat("dev", IMEI_A)
+        hub.plane.heartbeat("dev", IMEI_A)
     assert info.value.code is ErrorCode.DEVICE_NOT_REGISTERED
 
 
@@ -523,7 +456,7 @@ async def test_meters_count_telemetry_alerts_and_deliveries(hub: Hub) -> None:
     await alice_device_watched(hub, ("alice-1", "alice-2"))
     hub.telemetry("dev", IMEI_A, {"engineRpm": 9000})
     hub.telemetry("dev", IMEI_A, {"speed": 1})
-    meters = hub.supervisor.meters
+    meters = hub.plane.meters
     assert (meters.telemetry.total, meters.alerts.total, meters.deliveries.total) == (2, 1, 6)
 
 
@@ -539,11 +472,11 @@ async def test_subscribe_counts_registry_devices_and_returns_last_telemetries(hu
     hub.telemetry("dev-b", IMEI_B, {"speed": 2}, timestamp=200)
     hub.telemetry("dev-d", IMEI_D, {"speed": 4}, timestamp=400)
     await hub.flush()
-    hub.supervisor.disconnect("dev-b")
-    hub.supervisor.disconnect("dev-c")
+    await hub.disconnect("dev-b")
+    await hub.disconnect("dev-c")
     await hub.store.set_owner("999999999999999", ALICE)  # registered long ago, never seen since
 
-    reply = await hub.supervisor.subscribe("watcher", ALICE)
+    reply = await hub.subscribe("watcher", ALICE)
     assert (reply.success, reply.email, reply.deviceCount) == (True, ALICE, 4)
     assert sorted((t.imei, t.timestamp, bytes(t.data), t.connected) for t in reply.telemetries) == [
         (IMEI_A, 100, b'{"speed":1}', True),
@@ -553,7 +486,7 @@ async def test_subscribe_counts_registry_devices_and_returns_last_telemetries(hu
 
 async def test_subscribe_to_an_unknown_email_is_empty(hub: Hub) -> None:
     hub.connect("watcher")
-    reply = await hub.supervisor.subscribe("watcher", "nobody@example.com")
+    reply = await hub.subscribe("watcher", "nobody@example.com")
     assert (reply.deviceCount, reply.telemetries) == (0, [])
     assert hub.supervisor.users() == ["nobody@example.com"]
 
@@ -577,15 +510,15 @@ async def test_subscribe_gives_the_newest_of_live_and_stored_telemetry(
     await hub.store.write([TelemetryRecord(IMEI_A, stored, b'{"from":"store"}', stored)], [])
     if live is not None:
         hub.telemetry("dev", IMEI_A, {"from": "live"}, timestamp=live)
-    (telemetry,) = (await hub.supervisor.subscribe("watcher", ALICE)).telemetries
+    (telemetry,) = (await hub.subscribe("watcher", ALICE)).telemetries
     assert (telemetry.timestamp, telemetry.connected) == (expected, True)
     assert msgspec.json.decode(telemetry.data)["from"] == ("live" if live is not None and live >= stored else "store")
 
 
 async def test_a_socket_may_subscribe_to_several_emails(hub: Hub) -> None:
     hub.connect("dev", "watcher")
-    await hub.supervisor.subscribe("watcher", ALICE)
-    await hub.supervisor.subscribe("watcher", BOB)
+    await hub.subscribe("watcher", ALICE)
+    await hub.subscribe("watcher", BOB)
     await hub.register("dev", IMEI_A, ALICE)
     await hub.register("dev", IMEI_B, BOB)
     hub.outbox.sent.clear()
@@ -597,19 +530,19 @@ async def test_a_socket_may_subscribe_to_several_emails(hub: Hub) -> None:
 
 async def test_subscribing_twice_delivers_once(hub: Hub) -> None:
     await alice_device_watched(hub)
-    await hub.supervisor.subscribe("watcher", ALICE)
+    await hub.subscribe("watcher", ALICE)
     hub.telemetry("dev", IMEI_A, {"speed": 1})
     assert hub.outbox.events("watcher") == ["telemetry_update"]
 
 
 async def test_unsubscribe_leaves_one_stream(hub: Hub) -> None:
     hub.connect("dev", "watcher")
-    await hub.supervisor.subscribe("watcher", ALICE)
-    await hub.supervisor.subscribe("watcher", BOB)
+    await hub.subscribe("watcher", ALICE)
+    await hub.subscribe("watcher", BOB)
     await hub.register("dev", IMEI_A, ALICE)
     await hub.register("dev", IMEI_B, BOB)
     hub.outbox.sent.clear()
-    assert hub.supervisor.unsubscribe("watcher", ALICE) == UserUnsubscribed(email=ALICE)
+    assert await hub.unsubscribe("watcher", ALICE) == UserUnsubscribed(email=ALICE)
     hub.telemetry("dev", IMEI_A, {"speed": 1})
     hub.telemetry("dev", IMEI_B, {"speed": 2})
     assert [payload["imei"] for _, payload in hub.outbox.received("watcher")] == [IMEI_B]
@@ -618,27 +551,27 @@ async def test_unsubscribe_leaves_one_stream(hub: Hub) -> None:
 
 async def test_users_lists_an_email_while_any_socket_subscribes(hub: Hub) -> None:
     hub.connect("w1", "w2")
-    await hub.supervisor.subscribe("w1", ALICE)
-    await hub.supervisor.subscribe("w2", ALICE)
-    hub.supervisor.unsubscribe("w1", ALICE)
+    await hub.subscribe("w1", ALICE)
+    await hub.subscribe("w2", ALICE)
+    await hub.unsubscribe("w1", ALICE)
     assert hub.supervisor.users() == [ALICE]
-    hub.supervisor.unsubscribe("w2", ALICE)
+    await hub.unsubscribe("w2", ALICE)
     assert hub.supervisor.users() == []
 
 
 async def test_unsubscribing_from_a_stream_not_joined_is_harmless(hub: Hub) -> None:
     hub.connect("w1", "w2")
-    await hub.supervisor.subscribe("w1", ALICE)
-    assert hub.supervisor.unsubscribe("w2", ALICE) == UserUnsubscribed(email=ALICE)
-    assert hub.supervisor.unsubscribe("w2", BOB) == UserUnsubscribed(email=BOB)
+    await hub.subscribe("w1", ALICE)
+    assert await hub.unsubscribe("w2", ALICE) == UserUnsubscribed(email=ALICE)
+    assert await hub.unsubscribe("w2", BOB) == UserUnsubscribed(email=BOB)
     assert hub.supervisor.users() == [ALICE]
-    assert hub.supervisor.send_to_user(ALICE, "ping", None) == 1
+    assert await hub.send_to_user(ALICE, "ping", None) == 1
 
 
 async def test_subscription_from_a_socket_that_has_left_joins_nothing(hub: Hub) -> None:
     hub.connect("dev")
     await hub.register("dev", IMEI_A, ALICE)
-    reply = await hub.supervisor.subscribe("gone", ALICE)
+    reply = await hub.subscribe("gone", ALICE)
     assert reply.deviceCount == 1
     assert hub.supervisor.users() == []
 
@@ -648,36 +581,34 @@ async def test_subscription_from_a_socket_that_has_left_joins_nothing(hub: Hub) 
 
 async def test_disconnect_cleans_every_table(hub: Hub) -> None:
     hub.connect("gateway", "watcher")
-    await hub.supervisor.subscribe("watcher", ALICE)
-    await hub.supervisor.subscribe("watcher", BOB)
+    await hub.subscribe("watcher", ALICE)
+    await hub.subscribe("watcher", BOB)
     await hub.register("gateway", IMEI_A, ALICE)
     await hub.register("gateway", IMEI_B, ALICE)
     hub.outbox.sent.clear()
     now = hub.clock.advance(5)
 
-    hub.supervisor.disconnect("gateway")
+    await hub.disconnect("gateway")
     offline = sorted(hub.outbox.received("watcher"), key=lambda sent: sent[1]["imei"])
     assert offline == [status(imei, "offline", now) for imei in sorted((IMEI_A, IMEI_B))]
-    assert hub.supervisor.devices() == []
-    assert hub.supervisor.device_count == 0
-    assert hub.supervisor.connection_count == 1
+    assert await hub.supervisor.devices() == []
+    assert await hub.device_count() == 0
+    assert await hub.connection_count() == 1
 
-    hub.supervisor.disconnect("watcher")
+    await hub.disconnect("watcher")
     assert hub.supervisor.users() == []
-    assert hub.supervisor.connection_count == 0
+    assert await hub.connection_count() == 0
     for imei in (IMEI_A, IMEI_B):
-        with pytest.raises(ProtocolError):
-            hub.supervisor.send_to_device(imei, "ping", None)
+        assert isinstance(await hub.send_to_device(imei, "ping", None), Failure)
     for email in (ALICE, BOB):
-        with pytest.raises(ProtocolError):
-            hub.supervisor.send_to_user(email, "ping", None)
-    assert hub.supervisor.broadcast("ping", None) == 0
+        assert isinstance(await hub.send_to_user(email, "ping", None), Failure)
+    assert await hub.broadcast("ping", None) == 0
 
 
 async def test_disconnecting_an_unknown_socket_is_harmless(hub: Hub) -> None:
     await alice_device_watched(hub)
-    hub.supervisor.disconnect("never-seen")
-    assert hub.supervisor.device_count == 1
+    await hub.disconnect("never-seen")
+    assert await hub.device_count() == 1
     assert hub.supervisor.users() == [ALICE]
     assert hub.outbox.sent == []
 
@@ -686,16 +617,16 @@ async def test_sweep_drops_silent_devices_and_announces_them_offline(hub: Hub) -
     await alice_device_watched(hub)
     await hub.register("dev", IMEI_B, ALICE)
     hub.clock.advance(200_000)
-    hub.supervisor.heartbeat("dev", IMEI_B)
+    hub.plane.heartbeat("dev", IMEI_B)
     hub.outbox.sent.clear()
 
     hub.clock.advance(TIMEOUT - 200_000)
-    assert hub.supervisor.sweep() == []  # exactly the timeout: not yet
+    assert await hub.supervisor.sweep() == []  # exactly the timeout: not yet
     now = hub.clock.advance(1)
-    assert hub.supervisor.sweep() == [IMEI_A]
+    assert await hub.supervisor.sweep() == [IMEI_A]
     assert hub.outbox.received("watcher") == [status(IMEI_A, "offline", now)]
-    assert [d.imei for d in hub.supervisor.devices()] == [IMEI_B]
-    assert hub.supervisor.connection_count == 2  # the socket itself stays
+    assert [d.imei for d in await hub.supervisor.devices()] == [IMEI_B]
+    assert await hub.connection_count() == 2  # the socket itself stays
     with pytest.raises(ProtocolError) as info:
         hub.telemetry("dev", IMEI_A, {"speed": 1})
     assert info.value.code is ErrorCode.DEVICE_NOT_REGISTERED
@@ -706,18 +637,18 @@ async def test_telemetry_keeps_a_device_from_the_sweep(hub: Hub) -> None:
     hub.clock.advance(TIMEOUT)
     hub.telemetry("dev", IMEI_A, {"speed": 1}, timestamp=1)
     hub.clock.advance(TIMEOUT)
-    assert hub.supervisor.sweep() == []
+    assert await hub.supervisor.sweep() == []
 
 
 async def test_swept_device_may_register_again(hub: Hub) -> None:
     await alice_device_watched(hub)
     now = hub.clock.advance(TIMEOUT + 1)
-    hub.supervisor.sweep()
+    await hub.supervisor.sweep()
     await hub.register("dev", IMEI_A)
-    assert hub.supervisor.devices() == [DeviceInfo(IMEI_A, "dev", now, now, ALICE)]
+    assert await hub.supervisor.devices() == [DeviceInfo(IMEI_A, "dev", now, now, ALICE)]
     assert hub.outbox.received("watcher")[-1] == status(IMEI_A, "online", now)
-    hub.supervisor.disconnect("dev")
-    assert hub.supervisor.devices() == []
+    await hub.disconnect("dev")
+    assert await hub.supervisor.devices() == []
 
 
 # --------------------------------------------------------------------------- operators
@@ -725,35 +656,38 @@ async def test_swept_device_may_register_again(hub: Hub) -> None:
 
 async def test_send_to_device_reaches_its_socket(hub: Hub) -> None:
     await alice_device_watched(hub)
-    assert hub.supervisor.send_to_device(IMEI_A, "reboot", b'{"delay":5}') == 1
+    assert await hub.send_to_device(IMEI_A, "reboot", b'{"delay":5}') == 1
     assert hub.outbox.sent[-1] == Sent(frozenset({"dev"}), "reboot", b'{"delay":5}')
 
 
 async def test_send_to_user_reaches_every_subscribed_socket(hub: Hub) -> None:
     await alice_device_watched(hub, ("alice-1", "alice-2"))
-    assert hub.supervisor.send_to_user(ALICE, "notice", None) == 2
+    assert await hub.send_to_user(ALICE, "notice", None) == 2
     assert hub.outbox.sent[-1] == Sent(frozenset({"alice-1", "alice-2"}), "notice", None)
 
 
 @pytest.mark.parametrize(
     "send",
     [
-        lambda supervisor: supervisor.send_to_device(IMEI_B, "ping", None),
-        lambda supervisor: supervisor.send_to_user(BOB, "ping", None),
+        lambda hub: hub.send_to_device(IMEI_B, "ping", None),
+        lambda hub: hub.send_to_user(BOB, "ping", None),
     ],
     ids=["device not connected", "nobody subscribed"],
 )
-async def test_directed_message_without_a_target_is_not_found(hub: Hub, send: Callable[[Supervisor], int]) -> None:
+async def test_directed_message_without_a_target_is_not_found(
+    hub: Hub, send: Callable[[Hub], Awaitable[int | Failure]]
+) -> None:
+    """A failure as a value: the supervisor's replies cross processes in cluster mode."""
     await alice_device_watched(hub)
-    with pytest.raises(ProtocolError) as info:
-        send(hub.supervisor)
-    assert info.value.code is ErrorCode.NOT_FOUND
-    assert info.value.http_status == 404
+    reply = await send(hub)
+    assert isinstance(reply, Failure)
+    assert reply.code is ErrorCode.NOT_FOUND
+    assert HTTP_STATUS[reply.code] == 404
     assert hub.outbox.sent == []
 
 
 async def test_broadcast_reaches_every_connected_socket_and_counts_them(hub: Hub) -> None:
     await alice_device_watched(hub)
     hub.connect("idle")
-    assert hub.supervisor.broadcast("maintenance", b'{"at":"02:00"}') == 3
+    assert await hub.broadcast("maintenance", b'{"at":"02:00"}') == 3
     assert hub.outbox.sent[-1] == Sent(frozenset({"dev", "watcher", "idle"}), "maintenance", b'{"at":"02:00"}')

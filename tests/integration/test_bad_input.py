@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from .clients import REPLY_STYLES, RawJson, assert_failure
+from ..support.clients import REPLY_STYLES, RawJson, assert_failure
 
 REGISTERED = "111111111111111"  # registered on the test's socket before each case
 DEEP = "[" * 5000 + "]" * 5000

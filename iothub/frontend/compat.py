@@ -1,0 +1,119 @@
+"""Every touch of python-socketio's and python-engineio's private API, fenced in one module.
+
+The front end needs three things the libraries do not offer publicly: its own
+WebSocket loop (:mod:`iothub.frontend.transport`), a plain ``telemetry_data``
+EVENT handed over as text before python-socketio's generic parser sees it,
+and no copy of the handshake's environ kept per socket. Each is an override
+of a private method or a private table, and all of them are here, behind the
+public-named hooks of :class:`SocketIOServer` and :func:`websocket_driver`.
+
+Engine.IO's socket and server also have attributes with no leading underscore
+that are not documented API either (the socket's ``queue``, its state flags,
+its ``schedule_ping``); the transport and the gateway use them, and
+:data:`ENGINE_SOCKET_ATTRIBUTES` and :data:`ENGINE_SERVER_ATTRIBUTES` list
+every one. ``tests/unit/test_compat.py`` checks all of these names on the
+installed libraries, so an upgrade that changes them fails loudly there, and
+this module refuses at import to run with versions it was not written for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+import socketio
+from aiohttp import web
+from aiohttp.web import WebSocketResponse
+from engineio.async_drivers import aiohttp as eio_aiohttp
+from engineio.async_socket import AsyncSocket as EngineSocket
+
+from .packets import split_event
+
+#: The releases this module was written and tested against (major.minor).
+WRITTEN_FOR = {"python-socketio": "5.18", "python-engineio": "4.15"}
+
+#: Engine.IO socket attributes used outside this module: undocumented, so checked by the compat test.
+ENGINE_SOCKET_ATTRIBUTES = (
+    "sid", "server", "queue", "connected", "upgraded", "upgrading", "closing", "closed",
+    "last_ping", "schedule_ping", "receive", "close",
+)  # fmt: skip
+#: Engine.IO server attributes used outside this module, likewise.
+ENGINE_SERVER_ATTRIBUTES = ("sockets", "handlers", "max_http_buffer_size", "ping_interval", "ping_timeout", "reason")
+
+#: What python-socketio keeps of a handshake's environ for the socket's life: nothing (this server reads none).
+NO_ENVIRON: dict[str, Any] = {}
+
+
+def check_versions() -> None:
+    """Refuse to run on python-socketio or python-engineio releases this module was not written for."""
+    for package, written_for in WRITTEN_FOR.items():
+        installed = version(package)
+        if installed.split(".")[:2] != written_for.split("."):
+            raise RuntimeError(
+                f"iothub's front end uses private parts of {package} {written_for}.x, but {installed} is installed: "
+                "install a supported version, or check iothub/frontend/compat.py against the new one"
+            )
+
+
+check_versions()
+
+
+class SocketIOServer(socketio.AsyncServer):
+    """python-socketio's server, with its private dispatch routed to hooks of public name.
+
+    Subclasses implement :meth:`handle_event` and may implement
+    :meth:`engine_socket_opened`.
+    """
+
+    def use_transport(self, websocket: type[eio_aiohttp.WebSocket], create_route: Callable[..., None]) -> None:
+        """Serve WebSockets with ``websocket`` and add Engine.IO's routes with ``create_route``."""
+        self.eio._async = {**self.eio._async, "websocket": websocket, "create_route": create_route}
+
+    def engine_socket_opened(self, socket: EngineSocket) -> None:
+        """A new Engine.IO session, before Socket.IO's CONNECT."""
+
+    async def handle_event(self, eio_sid: str, namespace: str | None, ack_id: int | None, data: Any) -> None:
+        """An EVENT: ``data`` is the JSON text of its array (:class:`~iothub.frontend.packets.EventPacket`)."""
+        raise NotImplementedError
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        self.engine_socket_opened(self.eio.sockets[eio_sid])
+        await super()._handle_eio_connect(eio_sid, NO_ENVIRON)
+
+    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
+        """A plain EVENT on the default namespace goes straight to :meth:`handle_event`, as text.
+
+        python-socketio's generic packet parser costs more than the rest of a
+        telemetry message; anything else still goes through it.
+        """
+        event = split_event(data) if isinstance(data, str) and eio_sid not in self._binary_packet else None
+        if event is None:
+            await super()._handle_eio_message(eio_sid, data)
+        else:
+            await self.handle_event(eio_sid, None, *event)
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        await self.handle_event(eio_sid, namespace, id, data)
+
+
+def websocket_driver(
+    open_pump: Callable[[EngineSocket, WebSocketResponse, web.Request], None], compress: bool
+) -> type[eio_aiohttp.WebSocket]:
+    """Engine.IO's aiohttp WebSocket driver, reduced to opening the WebSocket.
+
+    Engine.IO calls the driver to run a WebSocket session; this one prepares
+    the response and hands the socket, the WebSocket and the request to
+    ``open_pump``, which leaves the loop for the route's handler to run.
+    """
+
+    class WebSocket(eio_aiohttp.WebSocket):
+        async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+            request = environ["aiohttp.request"]
+            ws = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
+            await ws.prepare(request)
+            open_pump(self.handler.__self__, ws, request)
+            return ws
+
+    return WebSocket
+

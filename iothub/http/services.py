@@ -1,0 +1,39 @@
+"""What the HTTP handlers work with: one typed object, under one application key.
+
+The application (:mod:`iothub.app`) builds it; handlers read it with
+``request.app[SERVICES]``. The HTTP layer thus depends on the core and on
+persistence, never on the application that wires them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..core.alerts import EvaluatorKind
+from ..core.auth import Authenticator
+from ..core.dataplane import DataPlane
+from ..core.supervisor import Supervisor
+from ..persistence.store import Store
+from ..persistence.writebehind import WriteBehind
+
+
+@dataclass
+class Services:
+    authenticator: Authenticator
+    supervisor: Supervisor
+    #: This process's data plane: its message counters.
+    plane: DataPlane
+    write_behind: WriteBehind
+    store: Store
+    evaluator: EvaluatorKind
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,37 @@
+"""A real ``iothub serve`` process for the integration tests, on the shared harness (:mod:`iothub.loadgen.servers`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from iothub.core.auth import Authenticator, Role
+from iothub.loadgen.servers import ServerProcess, free_port
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-production-0123456789"
+
+__all__ = ["TEST_SECRET", "RunningServer", "free_port", "start_server"]
+
+
+class RunningServer(ServerProcess):
+    """The server, and tokens signed with its secret."""
+
+    def token(self, email: str, role: Role, imei: str | None = None, ttl: int = 600) -> str:
+        return Authenticator(self.env.get("JWT_SECRET", TEST_SECRET), production=False).mint(email, role, imei, ttl)
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": "Bearer " + self.token("admin@example.com", "admin")}
+
+
+def start_server(log_dir: Path, port: int | None = None, **env: str) -> RunningServer:
+    """Run ``iothub serve`` on 127.0.0.1 with ``env`` over a test environment; wait for /health."""
+    port = port or free_port()
+    environment = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "JWT_SECRET": TEST_SECRET,
+        "IOTHUB_ENV": "development",
+        "IOTHUB_DB_PATH": str(log_dir / "iothub.db"),  # never in the repository
+        **env,
+    }
+    return RunningServer(port=port, env=environment, log_path=log_dir / f"server-{port}.log")
