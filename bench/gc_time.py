@@ -22,16 +22,16 @@ import time
 
 runs = [0, 0, 0]
 seconds = [0.0, 0.0, 0.0]
-started = 0.0
+#: When the collection under way started.
+started = [0.0]
 
 
 def on_gc(phase: str, info: dict[str, int]) -> None:
-    global started
     if phase == "start":
-        started = time.perf_counter()
+        started[0] = time.perf_counter()
     else:
         runs[info["generation"]] += 1
-        seconds[info["generation"]] += time.perf_counter() - started
+        seconds[info["generation"]] += time.perf_counter() - started[0]
 
 
 def report() -> None:

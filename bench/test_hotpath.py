@@ -12,12 +12,14 @@ import json
 import msgspec
 import pytest
 
-from iothub.core.alerts import AlertEngine
-from iothub.frontend.packets import EventPacket, event_text, split_event
-from iothub.core.protocol import TelemetryData, TelemetryUpdate, decode_event, encode
-from iothub.persistence.memory import MemoryStore
+from iothub.core.alerts import AlertEngine, EvaluatorKind
+from iothub.core.commands import Register, Subscribe
+from iothub.core.dataplane import DataPlane
+from iothub.core.protocol import TelemetryData, TelemetryDataEvent, TelemetryUpdate, decode_event, encode
 from iothub.core.supervisor import Supervisor
+from iothub.frontend.packets import EventPacket, event_text, split_event
 from iothub.frontend.transport import FramedPacket
+from iothub.persistence.memory import MemoryStore
 from iothub.persistence.writebehind import WriteBehind
 
 TELEMETRY = (
@@ -29,7 +31,7 @@ TELEMETRY = (
 
 def json_and_dicts(text: str) -> list[str]:
     """The plain hot path: stdlib json, dict look-ups and isinstance checks."""
-    event, payload = json.loads(text)
+    _event, payload = json.loads(text)
     imei = payload.get("imei")
     if not isinstance(imei, str) or len(imei) != 15 or not imei.isdigit():
         raise ValueError("imei")
@@ -63,12 +65,14 @@ def test_hot_path(benchmark) -> None:
 
 
 @pytest.mark.parametrize("kind", ["compiled", "reference"])
-def test_hot_path_through_msgspec(benchmark, kind: str) -> None:
+def test_hot_path_through_msgspec(benchmark, kind: EvaluatorKind) -> None:
     """The road every other event takes: msgspec decodes the event, then data's readings, then the evaluator."""
     engine = AlertEngine(evaluator=kind)
 
     def hot_path() -> tuple[int, ...]:
-        return engine.check(decode_event(TELEMETRY).payload.data)
+        event = decode_event(TELEMETRY)
+        assert isinstance(event, TelemetryDataEvent)
+        return engine.check(event.payload.data)
 
     assert benchmark(hot_path) == ()
 
@@ -105,16 +109,18 @@ class CountingOutbox:
 
 
 async def test_fan_out(benchmark) -> None:
-    """One telemetry message through the supervisor to an owner with ten dashboards."""
+    """One telemetry message through the data plane to an owner with ten dashboards."""
     store = MemoryStore()
     outbox = CountingOutbox()
-    supervisor = Supervisor(AlertEngine(), store, outbox, WriteBehind(store))
-    supervisor.connect("device")
-    await supervisor.register("device", "123456789012345", "owner@example.com")
+    plane = DataPlane("gateway-0", AlertEngine(), outbox, WriteBehind(store))
+    supervisor = Supervisor(store)
+    supervisor.add_gateway(plane.name, plane)
+    plane.connect("device")
+    await supervisor.register(Register(plane.name, "device", "123456789012345", "owner@example.com"))
     for index in range(10):
-        supervisor.connect(f"dashboard{index}")
-        await supervisor.subscribe(f"dashboard{index}", "owner@example.com")
+        plane.connect(f"dashboard{index}")
+        await supervisor.subscribe(Subscribe(plane.name, f"dashboard{index}", "owner@example.com"))
     message = decode_event(TELEMETRY).payload
     assert isinstance(message, TelemetryData)
-    benchmark(supervisor.telemetry, "device", message)
+    benchmark(plane.telemetry, "device", message)
     assert outbox.sent >= 10

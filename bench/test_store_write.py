@@ -22,7 +22,7 @@ import pytest
 
 from iothub.core.records import AlertRecord, TelemetryRecord
 from iothub.persistence.store import Store
-from tests.stores import MONGO, StoreMaker
+from tests.support.stores import MONGO, StoreMaker
 
 BATCH_ROWS = 1000
 ALERTS_PER_BATCH = 50

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from .core.auth import ROLES, Authenticator
 from .config import ENVIRONMENT, ConfigError, Settings
+from .core.auth import ROLES, Authenticator
 from .loop import new_event_loop
 
 

@@ -15,7 +15,6 @@ from typing import Protocol
 from msgspec import Struct
 
 
-
 class TelemetryRecord(Struct, frozen=True, gc=False):
     imei: str
     timestamp: int

@@ -41,6 +41,9 @@ ENGINE_SOCKET_ATTRIBUTES = (
 #: Engine.IO server attributes used outside this module, likewise.
 ENGINE_SERVER_ATTRIBUTES = ("sockets", "handlers", "max_http_buffer_size", "ping_interval", "ping_timeout", "reason")
 
+#: Engine.IO's WebSocket driver class for aiohttp, as :func:`websocket_driver` makes it.
+WebSocketDriver = type[eio_aiohttp.WebSocket]
+
 #: What python-socketio keeps of a handshake's environ for the socket's life: nothing (this server reads none).
 NO_ENVIRON: dict[str, Any] = {}
 
@@ -66,7 +69,7 @@ class SocketIOServer(socketio.AsyncServer):
     :meth:`engine_socket_opened`.
     """
 
-    def use_transport(self, websocket: type[eio_aiohttp.WebSocket], create_route: Callable[..., None]) -> None:
+    def use_transport(self, websocket: WebSocketDriver, create_route: Callable[..., None]) -> None:
         """Serve WebSockets with ``websocket`` and add Engine.IO's routes with ``create_route``."""
         self.eio._async = {**self.eio._async, "websocket": websocket, "create_route": create_route}
 
@@ -99,7 +102,7 @@ class SocketIOServer(socketio.AsyncServer):
 
 def websocket_driver(
     open_pump: Callable[[EngineSocket, WebSocketResponse, web.Request], None], compress: bool
-) -> type[eio_aiohttp.WebSocket]:
+) -> WebSocketDriver:
     """Engine.IO's aiohttp WebSocket driver, reduced to opening the WebSocket.
 
     Engine.IO calls the driver to run a WebSocket session; this one prepares

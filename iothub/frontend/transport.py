@@ -26,11 +26,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
-from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
-from .compat import websocket_driver
+from .compat import WebSocketDriver, websocket_driver
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def frame_of(packet: eio_packet.Packet) -> bytes:
 PUMP = "iothub.pump"
 
 
-def websocket_class(compress: bool) -> type[eio_aiohttp.WebSocket]:
+def websocket_class(compress: bool) -> WebSocketDriver:
     """Engine.IO's WebSocket driver with this module's pump, compression on or off.
 
     The driver only opens the WebSocket and leaves the pump on the request: the
@@ -106,7 +105,7 @@ class Pump:
     socket's queue.
     """
 
-    __slots__ = ("socket", "server", "ws", "transport", "compress", "_loop", "_pending", "_closing", "_close_started", "_sent")
+    __slots__ = ("socket", "server", "ws", "transport", "compress", "_loop", "_pending", "_closing", "_closer", "_sent")
 
     def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool) -> None:
         self.socket = socket
@@ -119,7 +118,8 @@ class Pump:
         self._pending: list[Any] = []
         #: Whether a CLOSE packet was put: nothing goes out after it, and the WebSocket closes.
         self._closing = False
-        self._close_started = False
+        #: The WebSocket's closing handshake, once started (kept: a task nobody references may be collected).
+        self._closer: asyncio.Future[None] | None = None
         self._sent: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
@@ -218,9 +218,11 @@ class Pump:
                 self._sent = asyncio.ensure_future(self._send_compressed(self._sent, pending))
             else:
                 transport.write(b"".join(pending))
-        if self._closing and not self._close_started:
-            self._close_started = True
-            asyncio.ensure_future(self.ws.close())
+        if self._closing and self._closer is None:
+            self._closer = asyncio.ensure_future(self._close_ws())
+
+    async def _close_ws(self) -> None:
+        await self.ws.close()
 
     async def _send_compressed(self, previous: asyncio.Future[None] | None, texts: list[Any]) -> None:
         """aiohttp compresses as it sends: one send after another, in order."""
@@ -243,7 +245,7 @@ class Pinger:
     WebSocket; a held poll returns it) before Engine.IO closes the session.
     """
 
-    __slots__ = ("socket", "_loop", "_expiry")
+    __slots__ = ("socket", "_loop", "_expiry", "_closer")
 
     #: Timers run their callbacks in a context; pings need none, so all share one.
     _context = contextvars.Context()
@@ -252,6 +254,8 @@ class Pinger:
         self.socket = socket
         self._loop = asyncio.get_running_loop()
         self._expiry: asyncio.TimerHandle | None = None
+        #: The session's close after a ping timeout (kept: a task nobody references may be collected).
+        self._closer: asyncio.Future[None] | None = None
         socket.schedule_ping = self.schedule
 
     def schedule(self) -> None:
@@ -274,4 +278,4 @@ class Pinger:
         self._expiry = None
         if not socket.closing and not socket.closed:
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
-            asyncio.ensure_future(socket.close(wait=False, abort=True, reason=socket.server.reason.PING_TIMEOUT))
+            self._closer = asyncio.ensure_future(socket.close(wait=False, abort=True, reason=socket.server.reason.PING_TIMEOUT))

@@ -24,8 +24,8 @@ from msgspec import Meta, Raw, Struct, field
 from ..core.auth import Principal
 from ..core.errors import ErrorCode, ProtocolError
 from ..core.protocol import Imei, Millis, validation_error
-from .rest import respond
 from ..persistence.store import InvalidCursor, Window, guarded
+from .rest import respond
 from .services import SERVICES, Services
 
 Limit = Annotated[int, Meta(ge=1, le=1000)]

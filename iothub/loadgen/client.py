@@ -38,6 +38,9 @@ class WireClient:
         self._next_id = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
+        #: Sends under way, referenced until done (a task nobody references may be collected).
+        self._sending: set[asyncio.Task[None]] = set()
+        self._closer: asyncio.Task[None] | None = None
         self.sid: str | None = None
         self.closed = asyncio.Event()
 
@@ -81,7 +84,9 @@ class WireClient:
         if self._ws is None or self._ws.closed:
             raise WireError("not connected")
         # send_str only buffers the frame; the coroutine completes without waiting on the peer.
-        asyncio.ensure_future(self._ws.send_str(text))
+        task = asyncio.ensure_future(self._ws.send_str(text))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -115,5 +120,5 @@ class WireClient:
                 handler(args[0] if args else None)
         elif text == "2":
             self._send("3")
-        elif kind == "41" or text == "1":
-            asyncio.ensure_future(self.close())
+        elif (kind == "41" or text == "1") and self._closer is None:
+            self._closer = asyncio.ensure_future(self.close())

@@ -51,7 +51,8 @@ class ServerProcess:
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
-        self._log: IO[bytes] = log_path.open("w+b") if log_path is not None else tempfile.TemporaryFile()
+        # Open for the process's life, not a block: the server writes to it until it is stopped.
+        self._log: IO[bytes] = log_path.open("w+b") if log_path is not None else tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(list(command), env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.process.pid
         try:

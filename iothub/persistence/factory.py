@@ -8,9 +8,9 @@ imported only when chosen, so the default path never imports motor.
 from __future__ import annotations
 
 from ..config import Settings
-from .store import Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
+from .store import Store
 
 #: Rows of each history the memory store keeps, so that a long run stays bounded.
 MEMORY_HISTORY_ROWS = 100_000

@@ -16,9 +16,9 @@ import msgspec
 import pytest
 
 from iothub.core.records import AlertRecord, TelemetryRecord
-from iothub.persistence.store import InvalidCursor, Page, Store, Window, encode_cursor
 from iothub.persistence.memory import MemoryStore
 from iothub.persistence.sqlite import WRITER_NICENESS, SQLiteStore
+from iothub.persistence.store import InvalidCursor, Page, Store, Window, encode_cursor
 
 from ..support.stores import KINDS, MONGO, PERSISTENT_KINDS, StoreMaker, database_of
 
@@ -133,7 +133,7 @@ async def test_everything_survives_a_reopen(kind: str, tmp_path) -> None:
 async def test_telemetry_history_pages_newest_first_without_gaps_or_repeats(store: Store) -> None:
     rows = [telemetry(IMEI_A, T0 + i // 3, msgspec.json.encode({"n": i})) for i in range(25)]  # ties of three
     await store.write(rows[:10], [])
-    await store.write(rows[10:] + [telemetry(IMEI_B, T0)], [])
+    await store.write([*rows[10:], telemetry(IMEI_B, T0)], [])
     pages = await every_page(lambda w: store.telemetry_history(IMEI_A, w), limit=10)
     assert [len(page) for page in pages] == [10, 10, 5]
     newest_first = sorted(range(25), key=lambda i: (rows[i].timestamp, i), reverse=True)
@@ -152,7 +152,7 @@ async def test_history_window_includes_both_ends(store: Store) -> None:
     assert timestamps == [6, 5, 4, 3]
     assert [r.timestamp - T0 for r in (await store.telemetry_history(IMEI_A, Window(from_ms=T0 + 8))).items] == [9, 8]
     assert [r.timestamp - T0 for r in (await store.alert_history(Window(to_ms=T0 + 1))).items] == [1, 0]
-    pages = await every_page(lambda w: store.alert_history(w), limit=2, from_ms=T0 + 2, to_ms=T0 + 6)
+    pages = await every_page(store.alert_history, limit=2, from_ms=T0 + 2, to_ms=T0 + 6)
     assert [[a.timestamp - T0 for a in page] for page in pages] == [[6, 5], [4, 3], [2]]
 
 

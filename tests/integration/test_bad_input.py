@@ -115,7 +115,7 @@ async def test_refused(server, open_client, style, event, payload, code):
 
 
 async def test_several_megabytes_under_the_limit_pass_through(watched_device):
-    owner, dashboard, device, box = await watched_device()
+    _owner, dashboard, device, box = await watched_device()
     data = {"speed": 1, "blob": "z" * (4 * 1024 * 1024), "samples": list(range(50_000))}
     await device.telemetry(box, data, timestamp=1)
     update = await dashboard.wait_event("telemetry_update", timeout=15)

@@ -19,7 +19,6 @@ from bench.fleet import BenchServer, pin_threads
 from iothub.cli import main
 
 
-
 def status(server: BenchServer) -> dict[str, Any]:
     with urllib.request.urlopen(server.url + "/api/realtime/status", timeout=10) as response:
         return json.loads(response.read())["data"]
@@ -67,7 +66,7 @@ def test_a_database_given_in_server_env_is_used_and_kept(started, tmp_path) -> N
 def test_a_server_that_does_not_start_says_why_and_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("MONGODB_URI", raising=False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with pytest.raises(SystemExit, match="iothub:mongodb server did not start: .*IOTHUB_STORE=mongodb needs MONGODB_URI"):
+    with pytest.raises(SystemExit, match=r"iothub:mongodb server did not start: .*IOTHUB_STORE=mongodb needs MONGODB_URI"):
         BenchServer("iothub:mongodb", {})
     assert list(tmp_path.iterdir()) == []
 

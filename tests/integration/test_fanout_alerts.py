@@ -77,8 +77,8 @@ async def test_fanout_reaches_every_dashboard_of_the_owner_and_nobody_else(serve
 
 
 async def test_a_device_of_another_owner_reaches_only_its_owner(server, open_client, imei, email):
-    owner_a, (dashboard_a,), device_a, box_a = await owner_setup(open_client, server.url, imei, email)
-    owner_b, (dashboard_b,), device_b, box_b = await owner_setup(open_client, server.url, imei, email)
+    _owner_a, (dashboard_a,), _device_a, box_a = await owner_setup(open_client, server.url, imei, email)
+    _owner_b, (dashboard_b,), device_b, box_b = await owner_setup(open_client, server.url, imei, email)
     await device_b.telemetry(box_b, {"crashDetection": 2}, timestamp=9)
     await dashboard_b.wait_event("crash_detected")
     await dashboard_a.sync()

@@ -262,7 +262,7 @@ async def test_telemetry_without_timestamp_gets_server_clock(watched_device):
 
 
 async def test_telemetry_keeps_the_device_timestamp(watched_device):
-    owner, dashboard, device, box = await watched_device()
+    _owner, dashboard, device, box = await watched_device()
     await device.telemetry(box, READINGS, timestamp=1703123456789)
     assert await dashboard.wait_event("telemetry_update") == {
         "type": "telemetry_update", "imei": box, "timestamp": 1703123456789, "data": READINGS
@@ -270,7 +270,7 @@ async def test_telemetry_keeps_the_device_timestamp(watched_device):
 
 
 async def test_unknown_data_fields_reach_the_dashboard_unchanged(watched_device):
-    owner, dashboard, device, box = await watched_device()
+    _owner, dashboard, device, box = await watched_device()
     data = {
         "speed": 12.75,
         "oilPressure": 3.4,

@@ -8,6 +8,7 @@ python-socketio over long-polling and upgrades (to see nothing breaks).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 
@@ -46,7 +47,7 @@ async def test_pings_keep_coming_while_the_client_answers(pinging_server) -> Non
                 await ws.send_str("3")
         assert len(pings) == 4
         # Each ping waits for the answer to the one before: never two within an interval.
-        assert all(later - earlier >= PING_INTERVAL_MS / 1000 * 0.9 for earlier, later in zip(pings, pings[1:]))
+        assert all(later - earlier >= PING_INTERVAL_MS / 1000 * 0.9 for earlier, later in itertools.pairwise(pings))
         assert not ws.closed
         await ws.close()
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from iothub.core._alerts import CompiledEvaluator
 from iothub.core.alerts import AlertEngine, EvaluatorKind
-from iothub.core.rules import OPERATORS, AlertRule, evaluate_reference
 from iothub.core.protocol import KNOWN_NUMERIC_FIELDS
+from iothub.core.rules import OPERATORS, AlertRule, evaluate_reference
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS: tuple[EvaluatorKind, ...] = ("compiled", "reference")

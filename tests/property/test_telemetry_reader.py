@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from iothub.core.alerts import AlertEngine
 from iothub.core.errors import ProtocolError
 from iothub.core.protocol import KNOWN_NUMERIC_FIELDS, TelemetryDataEvent, decode_event
-from iothub.core.rules import AlertRule, merge_rules
+from iothub.core.rules import merge_rules
 
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CUSTOM = merge_rules([{"code": "COOLANT_HOT", "field": "coolantTemp", "op": ">=", "threshold": 110, "level": "info", "message": "m"}])

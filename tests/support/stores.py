@@ -23,10 +23,10 @@ from mongomock_motor import AsyncMongoMockClient
 from motor.motor_asyncio import AsyncIOMotorClient
 
 from iothub.core.records import AlertRecord, DeviceRecord, TelemetryRecord
-from iothub.persistence.store import Page, Store, Window
 from iothub.persistence.memory import MemoryStore
 from iothub.persistence.mongo import MongoStore
 from iothub.persistence.sqlite import SQLiteStore
+from iothub.persistence.store import Page, Store, Window
 
 MONGODB_URI = os.environ.get("IOTHUB_TEST_MONGODB_URI")
 MONGO = "mongodb" if MONGODB_URI else "mongomock-motor"

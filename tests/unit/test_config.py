@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from iothub.core.auth import DEVELOPMENT_SECRET
 from iothub.config import ConfigError, Settings
+from iothub.core.auth import DEVELOPMENT_SECRET
 from iothub.core.rules import DEFAULT_RULES
 
 STRONG_SECRET = "k3y-" + "x" * 40

@@ -15,7 +15,6 @@ import pytest
 from iothub.core.alerts import AlertEngine
 from iothub.core.errors import ErrorCode, ProtocolError
 from iothub.core.protocol import (
-    is_imei,
     RESERVED_EVENTS,
     Alert,
     AlertEvent,
@@ -45,6 +44,7 @@ from iothub.core.protocol import (
     UserUnsubscribed,
     decode_event,
     encode,
+    is_imei,
 )
 
 IMEI = "356938035643809"
@@ -490,11 +490,11 @@ def test_directed_message_refuses_reserved_empty_long_or_missing_names(body: dic
 
 
 def test_reserved_event_names_are_the_protocol_list() -> None:
-    assert RESERVED_EVENTS == {
+    assert {
         "connect",
         "connect_error",
         "disconnect",
         "disconnecting",
         "newListener",
         "removeListener",
-    }
+    } == RESERVED_EVENTS

@@ -253,7 +253,7 @@ def test_several_rules_on_one_field(kind: EvaluatorKind) -> None:
 
 def test_rule_on_position_is_refused_when_rules_are_read() -> None:
     """Refused with the rule named, before any engine is built from it."""
-    with pytest.raises(ValueError, match="NOWHERE.*not a number"):
+    with pytest.raises(ValueError, match=r"NOWHERE.*not a number"):
         merge_rules([{**COOLANT, "code": "NOWHERE", "field": "position"}])
 
 
