@@ -17,7 +17,10 @@ build: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/iothub serve
 
+# Lint and types first (seconds), then every tier of tests.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 # Micro-benchmarks, then the fleet benchmark: persistence on (iothub, SQLite) against off

@@ -83,7 +83,7 @@ def token(args: argparse.Namespace) -> int:
 def serve(overrides: dict[str, str | None]) -> int:
     from .app import REQUEST_GRACE_S, Hub
 
-    settings = Settings.load(**overrides)
+    settings = Settings.load(None, **overrides)
     logging.basicConfig(
         level=logging.DEBUG if settings.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -24,9 +24,9 @@ from .protocol import Alert, TelemetryData, readings_type, validation_error
 from .rules import DEFAULT_RULES, OPERATORS, AlertRule, evaluate_reference
 
 try:
-    from ._alerts import CompiledEvaluator, TelemetryReader
+    from . import _alerts as compiled
 except ImportError:  # the extension is not built: run, but say so
-    CompiledEvaluator = TelemetryReader = None
+    compiled = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,18 @@ class AlertEngine:
         self._decode_readings = msgspec.json.Decoder(readings).decode
         fields = readings.__struct_fields__
         slots = [fields.index(rule.field) for rule in self.rules]
-        if evaluator == "compiled" and CompiledEvaluator is None:
+        if evaluator == "compiled" and compiled is None:
             log.warning("iothub._alerts is not built; alerts use the slower reference evaluator")
             evaluator = "reference"
         self.kind: EvaluatorKind = evaluator
+        self._evaluate: Callable[[tuple[Any, ...]], tuple[int, ...]]
         if evaluator == "compiled":
-            self._evaluate = CompiledEvaluator(
+            evaluate = compiled.CompiledEvaluator(
                 slots, [OPERATORS.index(r.op) for r in self.rules], [r.threshold for r in self.rules]
             )
             numeric = [name for name in fields if name != "position"]
-            self.read = TelemetryReader(numeric, self._evaluate, TelemetryData, msgspec.Raw).read
+            self._evaluate = evaluate
+            self.read = compiled.TelemetryReader(numeric, evaluate, TelemetryData, msgspec.Raw).read
         else:
             self._evaluate = functools.partial(evaluate_reference, self.rules, slots)
             self.read = _decline

@@ -110,27 +110,27 @@ class _Event(Struct, array_like=True, frozen=True, tag_field="event"):
     reply_event: ClassVar[str | None]
 
 
-class RegisterDeviceEvent(_Event, tag="register_device"):
+class RegisterDeviceEvent(_Event, frozen=True, tag="register_device"):
     payload: RegisterDevice
     reply_event: ClassVar[str | None] = "device_registered"
 
 
-class TelemetryDataEvent(_Event, tag="telemetry_data"):
+class TelemetryDataEvent(_Event, frozen=True, tag="telemetry_data"):
     payload: TelemetryData
     reply_event: ClassVar[str | None] = "telemetry_processed"
 
 
-class HeartbeatEvent(_Event, tag="heartbeat"):
+class HeartbeatEvent(_Event, frozen=True, tag="heartbeat"):
     payload: Heartbeat
     reply_event: ClassVar[str | None] = None
 
 
-class SubscribeUserEvent(_Event, tag="subscribe_user"):
+class SubscribeUserEvent(_Event, frozen=True, tag="subscribe_user"):
     payload: SubscribeUser
     reply_event: ClassVar[str | None] = "user_subscribed"
 
 
-class UnsubscribeUserEvent(_Event, tag="unsubscribe_user"):
+class UnsubscribeUserEvent(_Event, frozen=True, tag="unsubscribe_user"):
     payload: UnsubscribeUser
     reply_event: ClassVar[str | None] = "user_unsubscribed"
 
@@ -279,8 +279,6 @@ class Failure(Struct, frozen=True, kw_only=True):
     def of(cls, error: ProtocolError) -> Failure:
         return cls(code=error.code, message=error.message)
 
-
-Reply = DeviceRegistered | TelemetryProcessed | UserSubscribed | UserUnsubscribed | HeartbeatAck | Failure
 
 # --------------------------------------------------------------------------- REST
 

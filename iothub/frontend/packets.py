@@ -10,6 +10,7 @@ per message however many sockets it goes to.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgspec
 from socketio import packet
@@ -32,6 +33,7 @@ class EventPacket(packet.Packet):
     """A Socket.IO packet whose EVENT payload stays JSON text until the gateway decodes it."""
 
     json = _KeepText
+    data: Any
 
     def decode(self, encoded_packet: str | bytes) -> int:
         attachments = super().decode(encoded_packet)

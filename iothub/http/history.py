@@ -96,7 +96,8 @@ async def alerts(request: web.Request) -> web.Response:
         await _check_owner(services, principal, query.imei)
         imeis = [query.imei]
     elif principal.role != "admin":
-        imeis = [device.imei for device in await services.write_behind.devices_of(principal.email)]
+        owner = principal.email or ""  # a verified user token always names one
+        imeis = [device.imei for device in await services.write_behind.devices_of(owner)]
     page = await _read(services.store.alert_history(query.window(), imeis=imeis, code=query.code, level=query.level))
     items = [AlertItem(a.imei, a.timestamp, a.code, a.level, a.message, Raw(a.data)) for a in page.items]
     return respond("Alert history retrieved successfully", HistoryPage(items, page.next_cursor))

@@ -46,7 +46,10 @@ class WireClient:
 
     async def connect(self, auth: dict[str, Any] | None = None, timeout: float = 30) -> None:
         ws = await self._session.ws_connect(
-            self._url + "/socket.io/?EIO=4&transport=websocket", autoping=False, compress=0, timeout=timeout
+            self._url + "/socket.io/?EIO=4&transport=websocket",
+            autoping=False,
+            compress=0,
+            timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
         )
         self._ws = ws
         opening = await asyncio.wait_for(ws.receive_str(), timeout)
@@ -77,7 +80,12 @@ class WireClient:
 
     async def call(self, event: str, payload: Any, timeout: float = 30) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.emit(event, payload, lambda reply: future.done() or future.set_result(reply))
+
+        def answered(reply: Any) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self.emit(event, payload, answered)
         return await asyncio.wait_for(future, timeout)
 
     def _send(self, text: str) -> None:

@@ -12,22 +12,40 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 
+from ..core.rules import DEFAULT_RULES, AlertRule
 from .client import WireClient
 
-#: What an alerting message sets, by code; one in ``ALERT_SHARE`` messages carries one.
-ALERT_READINGS: dict[str, dict[str, float]] = {
-    "LOW_BATTERY": {"batteryVoltage": 11.4},
-    "HIGH_RPM": {"engineRpm": 4800},
-    "DTC_DETECTED": {"dtc": 1},
-    "CRASH_DETECTED": {"crashDetection": 1},
-}
+#: One message in this many carries a reading that fires a rule.
 ALERT_SHARE = 0.11
-ALERT_EVENTS = ("vehicle_alert", "crash_detected", "health_warning")
+
+
+def firing_value(rule: AlertRule) -> float:
+    """A reading a little past the rule's threshold: a fifth above, a twentieth below (one, at a threshold of 0)."""
+    threshold = rule.threshold
+    match rule.op:
+        case ">":
+            return threshold + (abs(threshold) * 0.2 or 1.0)
+        case "<":
+            return threshold - (abs(threshold) * 0.05 or 1.0)
+        case "!=":
+            return threshold + 1.0
+        case _:  # ">=", "<=", "=="
+            return threshold
+
+
+def alert_readings(rules: Sequence[AlertRule] = DEFAULT_RULES) -> dict[str, dict[str, float]]:
+    """What an alerting message sets, by rule code, derived from the rules themselves."""
+    return {rule.code: {rule.field: firing_value(rule)} for rule in rules}
+
+
+#: The readings the simulated fleet uses to raise alerts, and the events those alerts go out as.
+ALERT_READINGS = alert_readings()
+ALERT_EVENTS = frozenset(rule.event_name for rule in DEFAULT_RULES)
 
 
 def owner_of(index: int, owners: int) -> str:

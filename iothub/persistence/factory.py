@@ -7,7 +7,7 @@ imported only when chosen, so the default path never imports motor.
 
 from __future__ import annotations
 
-from ..config import Settings
+from ..config import ConfigError, Settings
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 from .store import Store
@@ -25,5 +25,7 @@ def create_store(settings: Settings) -> Store:
     if kind == "mongodb":
         from .mongo import MongoStore
 
+        if settings.mongodb_uri is None:
+            raise ConfigError("IOTHUB_STORE=mongodb needs MONGODB_URI")
         return MongoStore(settings.mongodb_uri, durable=settings.durable_ack, retention_days=settings.history_retention_days)
     return SQLiteStore(settings.db_path, durable=settings.durable_ack, retention_days=settings.history_retention_days)

@@ -72,7 +72,7 @@ class MongoStore:
 
     async def open(self) -> None:
         if self._client is None:
-            concern = {"w": "majority", "journal": True} if self.durable else {}
+            concern: dict[str, Any] = {"w": "majority", "journal": True} if self.durable else {}
             self._client = AsyncIOMotorClient(self.uri, tz_aware=True, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS, **concern)
         database = self._client.get_database(urlsplit(self.uri).path.lstrip("/") or "iothub")
         self._devices, self._telemetry, self._alerts = database.devices, database.telemetry, database.alerts
@@ -160,7 +160,7 @@ class MongoStore:
         if window.cursor is not None:
             timestamp, key = decode_cursor(window.cursor, str)
             try:
-                after = ObjectId(key)
+                after = ObjectId(str(key))
             except InvalidId:
                 raise InvalidCursor(window.cursor) from None
             span["$lte"] = min(span.get("$lte", timestamp), timestamp)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -115,15 +116,25 @@ class _Thread:
 
     def __init__(self, name: str, niceness: int = 0) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=_be_nicer, initargs=(niceness,))
-        self.connection: sqlite3.Connection | None = None
+        self._connection: sqlite3.Connection | None = None
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The thread's connection; only the thread itself may use it."""
+        if self._connection is None:
+            raise RuntimeError("the SQLite store is not open")
+        return self._connection
+
+    async def connect(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connection = await self.run(connect)
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
 
     async def close(self) -> None:
-        if self.connection is not None:
-            await self.run(self.connection.close)
-            self.connection = None
+        if self._connection is not None:
+            await self.run(self._connection.close)
+            self._connection = None
         self._executor.shutdown(wait=False)
 
 
@@ -140,8 +151,8 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer.connection = await self._writer.run(self._connect, True)
-        self._reader.connection = await self._reader.run(self._connect, False)
+        await self._writer.connect(functools.partial(self._connect, True))
+        await self._reader.connect(functools.partial(self._connect, False))
         await self.purge(time.time_ns() // 1_000_000)
 
     async def close(self) -> None:
@@ -244,7 +255,8 @@ class SQLiteStore:
         self, table: str, filters: dict[str, int | str | None], window: Window, row: Callable[[tuple[Any, ...]], R]
     ) -> Page[R]:
         """One page of ``table``, newest first, through the (…, timestamp) indexes."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[int | str] = []
         for column, value in filters.items():
             if value is not None:
                 where.append("imei IN (SELECT value FROM json_each(?))" if column == "imeis" else f"{column} = ?")

@@ -173,10 +173,12 @@ class WriteBehind:
             self._wake.set()
             if self._task is None:
                 self.start()
-            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            task = self._task
+            assert task is not None
+            done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
             if self.backlog:
                 log.error("the %s store did not take the last %d rows within %g s: they are lost", self.store.name, self.backlog, timeout)
                 lost = ProtocolError(ErrorCode.STORE_UNAVAILABLE, "the server stopped before it could store this")

@@ -156,7 +156,7 @@ def test_invalid_rule_raises_value_error_naming_the_problem(overrides: list[Any]
 
 def test_engine_runs_the_compiled_extension_by_default() -> None:
     """The Cython evaluator is built and is what the default engine runs."""
-    assert alerts.CompiledEvaluator is iothub.core._alerts.CompiledEvaluator
+    assert alerts.compiled is iothub.core._alerts
     engine = AlertEngine()
     assert engine.kind == "compiled"
     assert isinstance(engine._evaluate, iothub.core._alerts.CompiledEvaluator)
