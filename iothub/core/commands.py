@@ -65,6 +65,9 @@ class SendToDevice(Struct, frozen=True):
 
 
 class SendToUser(Struct, frozen=True):
+    """One event to every socket subscribed to ``email``: asked of the supervisor, which passes it on
+    to each gateway with such sockets."""
+
     email: str
     event: str
     payload: bytes | None
@@ -109,14 +112,6 @@ class Join(Struct, frozen=True):
 
 class Leave(Join, frozen=True):
     pass
-
-
-class Deliver(Struct, frozen=True):
-    """One event to every socket of the gateway subscribed to ``email``."""
-
-    email: str
-    event: str
-    payload: bytes | None
 
 
 class SendToSocket(Struct, frozen=True):

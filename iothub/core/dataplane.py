@@ -26,13 +26,13 @@ from .commands import (
     Attach,
     Broadcast,
     Counts,
-    Deliver,
     Departed,
     Detach,
     Join,
     LastStates,
     Leave,
     SendToSocket,
+    SendToUser,
     SocketClosed,
     Sweep,
 )
@@ -224,7 +224,7 @@ class DataPlane:
         del self._subscribers[email]
         return True
 
-    async def deliver(self, command: Deliver) -> int:
+    async def deliver(self, command: SendToUser) -> int:
         subscribers = self._subscribers.get(command.email)
         return self.outbox.send(subscribers, command.event, command.payload) if subscribers else 0
 

@@ -25,7 +25,6 @@ from .commands import (
     Attach,
     Broadcast,
     Counts,
-    Deliver,
     Departed,
     Detach,
     Join,
@@ -66,7 +65,7 @@ class GatewayLink(Protocol):
 
     async def leave(self, command: Leave) -> bool: ...
 
-    async def deliver(self, command: Deliver) -> int: ...
+    async def deliver(self, command: SendToUser) -> int: ...
 
     async def send_to_socket(self, command: SendToSocket) -> int: ...
 
@@ -161,7 +160,7 @@ class Supervisor:
             return
         payload = encode(DeviceStatus(imei=imei, status=status, timestamp=now))
         for name in tuple(gateways):
-            await self._gateways[name].deliver(Deliver(owner, "device_status", payload))
+            await self._gateways[name].deliver(SendToUser(owner, "device_status", payload))
 
     # ------------------------------------------------------------------ users
 
@@ -224,10 +223,9 @@ class Supervisor:
         gateways = self._audience.get(command.email)
         if not gateways:
             return Failure(code=ErrorCode.NOT_FOUND, message=f"nobody is subscribed to {command.email}")
-        deliver = Deliver(command.email, command.event, command.payload)
         recipients = 0
         for name in tuple(gateways):
-            recipients += await self._gateways[name].deliver(deliver)
+            recipients += await self._gateways[name].deliver(command)
         return Delivery(command.event, recipients)
 
     async def broadcast(self, command: Broadcast) -> Delivery:
