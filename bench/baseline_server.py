@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import socketio
 from aiohttp import web
@@ -47,7 +48,7 @@ async def register_device(sid, payload):
 async def telemetry_data(sid, payload):
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
         return {"success": False, "code": "INVALID_PAYLOAD", "message": "data must be an object"}
-    imei = payload.get("imei")
+    imei: Any = payload.get("imei")  # whatever the client sent; not checked, as in the plain server
     device = devices.get(imei)
     if device is None or device["socketId"] != sid:
         return {"success": False, "code": "DEVICE_NOT_REGISTERED", "message": "register first"}
@@ -68,7 +69,8 @@ async def telemetry_data(sid, payload):
 
 @sio.event
 async def heartbeat(sid, payload):
-    device = devices.get(payload.get("imei")) if isinstance(payload, dict) else None
+    imei: Any = payload.get("imei") if isinstance(payload, dict) else None  # None is never a key
+    device = devices.get(imei)
     if device is None:
         return {"success": False, "code": "DEVICE_NOT_REGISTERED", "message": "register first"}
     device["lastHeartbeat"] = int(time.time() * 1000)

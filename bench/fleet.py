@@ -193,7 +193,7 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
                 flush=True,
             )
         elapsed = time.monotonic() - started
-        cpu_used = cpu_seconds(pid) - cpu_start if pid else None
+        cpu_used = cpu_seconds(pid) - cpu_start if pid and cpu_start is not None else None  # both set or neither
         acked_window = tally.acked - acked_start
         delivered_window = _delivered(dashboards) - delivered_start
         await asyncio.gather(*senders)
@@ -210,7 +210,8 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
             (second - seconds[0], tally.acked_per_second[second], sum(d.delivered_per_second[second] for d in dashboards))
             for second in seconds
         ]
-        await asyncio.gather(*(member.client.close() for member in (*devices, *dashboards)))
+        members: tuple[Device | Dashboard, ...] = (*devices, *dashboards)
+        await asyncio.gather(*(member.client.close() for member in members))
     connections = scenario.devices + scenario.dashboards
     return Result(
         server=label,

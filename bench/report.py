@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -11,7 +12,7 @@ from .fleet import Result, Scenario
 
 
 def table(results: list[Result]) -> str:
-    rows = [
+    rows: list[tuple[str, Callable[[Result], str]]] = [
         ("acknowledged msg/s", lambda r: f"{r.acked_per_second:,.0f}"),
         ("delivered msg/s", lambda r: f"{r.delivered_per_second:,.0f}"),
         ("server CPU µs/msg", lambda r: _maybe(r.server_cpu_us_per_message, "{:.1f}")),
@@ -25,9 +26,14 @@ def table(results: list[Result]) -> str:
         ("server RSS MiB", lambda r: _maybe(r.server_rss_mib, "{:.1f}")),
         ("memory per connection KiB", lambda r: _maybe(r.memory_per_connection_kib, "{:.1f}")),
     ]
-    if len(results) == 2 and all(r.server_cpu_us_per_message for r in results):
-        ratio = results[1].server_cpu_us_per_message / results[0].server_cpu_us_per_message
-        rows.append((f"CPU per message, {results[1].server} / {results[0].server}", lambda r, x=ratio: f"{x:.2f}×" if r is results[0] else ""))
+    cpu = [r.server_cpu_us_per_message for r in results]
+    if len(cpu) == 2 and cpu[0] and cpu[1]:
+        ratio = cpu[1] / cpu[0]
+
+        def cpu_ratio(r: Result, x: float = ratio) -> str:
+            return f"{x:.2f}×" if r is results[0] else ""
+
+        rows.append((f"CPU per message, {results[1].server} / {results[0].server}", cpu_ratio))
     header = ["", *(r.server for r in results)]
     lines = [[label, *(cell(r) for r in results)] for label, cell in rows]
     return "\n".join([_title(results[0].scenario), _render(header, lines)])

@@ -25,7 +25,7 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     started: list[RunningServer] = []
 
     def start(**env: str) -> RunningServer:
-        running = start_server(tmp_path_factory.mktemp("server"), **env)
+        running = start_server(tmp_path_factory.mktemp("server"), port=None, **env)
         started.append(running)
         return running
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -50,7 +51,7 @@ async def store(maker: StoreMaker) -> AsyncIterator[Store]:
     await opened.close()
 
 
-async def every_page(read: Callable[[Window], object], limit: int, **window: int) -> list[list]:
+async def every_page(read: Callable[[Window], Awaitable[Page[Any]]], limit: int, **window: int) -> list[list]:
     """All pages of a history, following the cursors."""
     pages, cursor = [], None
     while True:
@@ -104,7 +105,9 @@ async def test_data_is_kept_byte_for_byte(store: Store) -> None:
     data = '{"speed":1.50,"big":123456789012345678901234567890,"name":"Zürich ✓","nested":{"a":[1,{"b":null}]}}'.encode()
     await store.set_owner(IMEI_A, ALICE)
     await store.write([telemetry(IMEI_A, T0, data)], [AlertRecord(IMEI_A, T0, "X", "info", "m", data)])
-    assert (await store.devices_of(ALICE))[0].last.data == data
+    last = (await store.devices_of(ALICE))[0].last
+    assert last is not None
+    assert last.data == data
     assert (await store.telemetry_history(IMEI_A, Window())).items[0].data == data
     assert (await store.alert_history(Window())).items[0].data == data
 
@@ -177,7 +180,7 @@ async def test_alert_history_filters_by_device_code_and_level(store: Store) -> N
         ],
     )
 
-    async def offsets(**filters: object) -> list[int]:
+    async def offsets(**filters: Any) -> list[int]:
         return [a.timestamp - T0 for a in (await store.alert_history(Window(), **filters)).items]
 
     assert await offsets() == [4, 3, 2, 1, 0]
@@ -248,7 +251,9 @@ async def test_sqlite_writer_yields_the_cpu_to_the_event_loop_and_the_reader_doe
         assert os.getpriority(os.PRIO_PROCESS, writer) == min(19, ours + WRITER_NICENESS)
         assert os.getpriority(os.PRIO_PROCESS, reader) == ours
         # its statement journals stay in memory: no temporary file per batch
-        assert await store._writer.run(lambda: store._writer.connection.execute("PRAGMA temp_store").fetchone()) == (2,)
+        connection = store._writer.connection
+        assert connection is not None  # open
+        assert await store._writer.run(lambda: connection.execute("PRAGMA temp_store").fetchone()) == (2,)
     finally:
         await store.close()
 

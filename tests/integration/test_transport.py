@@ -107,7 +107,7 @@ async def test_with_compression_on_replies_arrive_compressed_whole_and_in_order(
         for ack_id in range(1, 201):
             event = ["telemetry_data", {"imei": device_imei, "data": {"seq": ack_id}}]
             await ws.send_str(f"42{ack_id}" + json.dumps(event))
-        acks = []
+        acks: list[str] = []
         while len(acks) < 200:
             text = await asyncio.wait_for(ws.receive_str(), 10)
             if text == "2":

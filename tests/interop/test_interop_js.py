@@ -209,17 +209,20 @@ class Dashboard:
         self.process = subprocess.Popen(
             args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        stderr = self.process.stderr
+        assert stderr is not None  # stderr=PIPE
         self.lines: list[dict[str, Any]] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stderr: list[str] = []
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=lambda: self._stderr.append(self.process.stderr.read()), daemon=True),
+            threading.Thread(target=lambda: self._stderr.append(stderr.read()), daemon=True),
         ]
         for reader in self._readers:
             reader.start()
 
     def _read_stdout(self) -> None:
+        assert self.process.stdout is not None  # stdout=PIPE
         for raw in self.process.stdout:
             self._queue.put(raw)
         self._queue.put(None)
@@ -270,6 +273,7 @@ class Dashboard:
             self.process.kill()
             self.process.wait()
         for stream in (self.process.stdout, self.process.stderr):
+            assert stream is not None  # both are pipes
             stream.close()
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from iothub.core._alerts import CompiledEvaluator
 from iothub.core.alerts import AlertEngine, EvaluatorKind
 from iothub.core.protocol import KNOWN_NUMERIC_FIELDS
-from iothub.core.rules import OPERATORS, AlertRule, evaluate_reference
+from iothub.core.rules import OPERATORS, AlertRule, Level, evaluate_reference
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS: tuple[EvaluatorKind, ...] = ("compiled", "reference")
@@ -37,6 +37,7 @@ MEANING: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq,
     "!=": operator.ne,
 }
+LEVELS: tuple[Level, ...] = ("info", "warning", "critical")
 EDGES = [0.0, -0.0, 12.0, 4000.0, 1e308, -1e308, 5e-324, -5e-324, 2.0**53, math.inf, -math.inf, math.nan]
 
 any_float = st.floats() | st.sampled_from(EDGES)
@@ -45,7 +46,7 @@ rule_parts = st.tuples(
     st.sampled_from(FIELDS),
     st.sampled_from(OPERATORS),
     threshold,
-    st.sampled_from(("info", "warning", "critical")),
+    st.sampled_from(LEVELS),
 )
 rule_sets = st.lists(rule_parts, max_size=8).map(
     lambda parts: tuple(AlertRule(f"R{i}", field, op, value, level, "m") for i, (field, op, value, level) in enumerate(parts))
@@ -126,7 +127,7 @@ def test_evaluators_agree_on_tuples(flat: tuple[int, tuple[AlertRule, ...], list
     expected = tuple(
         index
         for index, (rule, slot) in enumerate(zip(rules, slots))
-        if values[slot] is not None and MEANING[rule.op](float(values[slot]), float(rule.threshold))
+        if (value := values[slot]) is not None and MEANING[rule.op](float(value), float(rule.threshold))
     )
     assert compiled(values) == evaluate_reference(rules, slots, values) == expected
 

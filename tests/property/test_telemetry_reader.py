@@ -26,7 +26,7 @@ from iothub.core.rules import merge_rules
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CUSTOM = merge_rules([{"code": "COOLANT_HOT", "field": "coolantTemp", "op": ">=", "threshold": 110, "level": "info", "message": "m"}])
 ENGINES = {"default rules": AlertEngine(), "a custom field": AlertEngine(CUSTOM)}
-SEED = {
+SEED: dict[str, Any] = {
     "imei": "123456789012345",
     "timestamp": 1703123456789,
     "data": {

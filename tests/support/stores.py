@@ -48,7 +48,10 @@ def _tolerate_sort(add_update: Any) -> Any:
 
 
 if not hasattr(mongomock.collection.BulkOperationBuilder.add_update, "__wrapped__"):
-    mongomock.collection.BulkOperationBuilder.add_update = _tolerate_sort(mongomock.collection.BulkOperationBuilder.add_update)
+    # a deliberate monkey-patch of mongomock's method (see _tolerate_sort)
+    mongomock.collection.BulkOperationBuilder.add_update = _tolerate_sort(  # type: ignore[method-assign]
+        mongomock.collection.BulkOperationBuilder.add_update
+    )
 
 
 class StoreMaker:
@@ -58,8 +61,12 @@ class StoreMaker:
         self.kind = kind
         self.path = directory / "store" / "iothub.db"
         self.memory = MemoryStore()
-        self.mock = AsyncMongoMockClient() if kind == "mongomock-motor" else None
-        self.uri = _fresh_database(MONGODB_URI) if kind == "mongodb" else "mongodb://mongomock/iothub"
+        self.mock: AsyncMongoMockClient | None = AsyncMongoMockClient() if kind == "mongomock-motor" else None
+        if kind == "mongodb":
+            assert MONGODB_URI is not None  # the kind exists only when IOTHUB_TEST_MONGODB_URI is set
+            self.uri = _fresh_database(MONGODB_URI)
+        else:
+            self.uri = "mongodb://mongomock/iothub"
 
     def __call__(self, **options: Any) -> Store:
         if self.kind == "memory":
@@ -71,7 +78,7 @@ class StoreMaker:
     async def drop(self) -> None:
         """Remove a real server's test database."""
         if self.kind == "mongodb":
-            client = AsyncIOMotorClient(self.uri)
+            client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(self.uri)
             await client.drop_database(urlsplit(self.uri).path.lstrip("/"))
             client.close()
 

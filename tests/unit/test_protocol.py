@@ -134,7 +134,9 @@ def test_telemetry_decodes_with_and_without_timestamp() -> None:
 
 @pytest.mark.parametrize("timestamp", [0, 2**53, 2**63 - 1])
 def test_timestamp_accepts_any_non_negative_millisecond_count(timestamp: int) -> None:
-    assert decode_event(with_field("telemetry_data", "timestamp", timestamp)).payload.timestamp == timestamp
+    decoded = decode_event(with_field("telemetry_data", "timestamp", timestamp))
+    assert isinstance(decoded, TelemetryDataEvent)
+    assert decoded.payload.timestamp == timestamp
 
 
 @pytest.mark.parametrize(
@@ -167,8 +169,12 @@ def test_unknown_payload_fields_and_trailing_arguments_are_ignored() -> None:
 def test_telemetry_data_is_kept_byte_for_byte(data: str) -> None:
     """Unknown fields reach dashboards unchanged: spacing, number spelling and escapes included."""
     text = '["telemetry_data", {"imei": "%s", "data": %s, "timestamp": 1}]' % (IMEI, data)
-    assert bytes(decode_event(text).payload.data) == data.encode()
-    assert bytes(decode_event(text.encode()).payload.data) == data.encode()
+    from_text = decode_event(text)
+    assert isinstance(from_text, TelemetryDataEvent)
+    assert bytes(from_text.payload.data) == data.encode()
+    from_bytes = decode_event(text.encode())
+    assert isinstance(from_bytes, TelemetryDataEvent)
+    assert bytes(from_bytes.payload.data) == data.encode()
 
 
 # --------------------------------------------------------------------------- refusals
@@ -197,7 +203,9 @@ FIFTEEN_CHARACTERS = {"35693803564380a", "3569380356438-9", "٣٥٦٩٣٨٠٣٥�
 @pytest.mark.parametrize("imei", BAD_IMEIS)
 def test_bad_imei_is_invalid_imei(name: str, imei: Any) -> None:
     if name in ("telemetry_data", "heartbeat") and isinstance(imei, str) and imei in FIFTEEN_CHARACTERS:
-        assert not is_imei(decode_event(with_field(name, "imei", imei)).payload.imei)
+        payload = decode_event(with_field(name, "imei", imei)).payload
+        assert isinstance(payload, (TelemetryData, Heartbeat))
+        assert not is_imei(payload.imei)
         return
     error = refusal(with_field(name, "imei", imei))
     assert error.code is ErrorCode.INVALID_IMEI
@@ -466,6 +474,7 @@ decode_directed = msgspec.json.Decoder(DirectedMessage).decode
 def test_directed_message_accepts_ordinary_names(name: str) -> None:
     message = decode_directed(msgspec.json.encode({"event": name, "data": {"k": 1}}))
     assert message.event == name
+    assert isinstance(message.data, msgspec.Raw)
     assert bytes(message.data) == b'{"k":1}'
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -50,8 +51,9 @@ def store() -> FlakyStore:
 async def make_writer(store: FlakyStore) -> AsyncIterator[Callable[..., WriteBehind]]:
     made: list[WriteBehind] = []
 
-    def make(**options: float) -> WriteBehind:
-        writer = WriteBehind(store, **{"flush_interval": HOUR, **options})
+    def make(**options: Any) -> WriteBehind:
+        settings: dict[str, Any] = {"flush_interval": HOUR, **options}
+        writer = WriteBehind(store, **settings)
         writer.start()
         made.append(writer)
         return writer
