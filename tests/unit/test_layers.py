@@ -27,7 +27,7 @@ FRONT_END_LIBRARIES = {"aiohttp", "socketio", "engineio"}
 def imports_of(path: Path) -> set[str]:
     """Every module ``path`` imports, as absolute dotted names."""
     package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
