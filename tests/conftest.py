@@ -85,3 +85,18 @@ async def http():
 
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def in_process():
+    """``await in_process(**env)``: the application served in this process, for tests that need only HTTP."""
+    from contextlib import AsyncExitStack
+
+    from .support.inprocess import serve_in_process
+
+    async with AsyncExitStack() as stack:
+
+        async def serve(**env: str):
+            return await stack.enter_async_context(serve_in_process(**env))
+
+        yield serve

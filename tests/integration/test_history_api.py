@@ -1,5 +1,5 @@
-"""The history API against a real server: filters, pages, limits, bad parameters and who may read what;
-and, in process, what it answers while the store does not."""
+"""The history API against a real server: filters, pages, limits and who may read what; in process
+(HTTP alone needed): bad parameters, missing tokens, and what it answers while the store does not."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from iothub.app import Hub
 from iothub.config import Settings
 
+from ..support.inprocess import InProcessServer
 from ..support.server import RunningServer
 from ..support.stores import FlakyStore
 
@@ -29,7 +30,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield opened
 
 
-async def get(session: aiohttp.ClientSession, server: RunningServer, path: str, token: str | None = "admin") -> tuple[int, Any]:
+async def get(session: aiohttp.ClientSession, server: RunningServer | InProcessServer, path: str, token: str | None = "admin") -> tuple[int, Any]:
     headers = {}
     if token == "admin":
         headers = server.admin_headers
@@ -170,7 +171,8 @@ async def test_an_admin_reads_everything(server, session, fleet) -> None:
 
 
 @pytest.mark.parametrize("path", ["/api/telemetry/356938035643809", "/api/alerts"])
-async def test_no_token_is_401_and_a_device_token_403(server, session, path: str) -> None:
+async def test_no_token_is_401_and_a_device_token_403(in_process, session, path: str) -> None:
+    server = await in_process()
     status, body = await get(session, server, path, token=None)
     assert status == 401 and body["code"] == "UNAUTHORIZED"
     status, _ = await get(session, server, path, token="not.a.jwt")
@@ -180,7 +182,8 @@ async def test_no_token_is_401_and_a_device_token_403(server, session, path: str
     assert status == 403 and body["code"] == "FORBIDDEN"
 
 
-async def test_a_user_token_for_a_device_nobody_owns_is_403(server, session, imei) -> None:
+async def test_a_user_token_for_a_device_nobody_owns_is_403(in_process, session, imei) -> None:
+    server = await in_process()
     assert (await get(session, server, f"/api/telemetry/{imei()}", server.token("nobody@example.com", "user")))[0] == 403
 
 
@@ -202,7 +205,8 @@ async def test_a_user_token_for_a_device_nobody_owns_is_403(server, session, ime
         ("imei=356938035643809", "INVALID_PAYLOAD"),
     ],
 )
-async def test_bad_telemetry_parameters_are_400(server, session, query: str, code: str) -> None:
+async def test_bad_telemetry_parameters_are_400(in_process, session, query: str, code: str) -> None:
+    server = await in_process()
     status, body = await get(session, server, f"/api/telemetry/356938035643809?{query}")
     assert status == 400 and body["code"] == code and body["success"] is False and body["message"]
 
@@ -217,12 +221,14 @@ async def test_bad_telemetry_parameters_are_400(server, session, query: str, cod
         ("cursor=WzEsMiwzXQ", "INVALID_PAYLOAD"),
     ],
 )
-async def test_bad_alert_parameters_are_400(server, session, query: str, code: str) -> None:
+async def test_bad_alert_parameters_are_400(in_process, session, query: str, code: str) -> None:
+    server = await in_process()
     status, body = await get(session, server, f"/api/alerts?{query}")
     assert status == 400 and body["code"] == code
 
 
-async def test_a_bad_imei_in_the_path_is_400(server, session) -> None:
+async def test_a_bad_imei_in_the_path_is_400(in_process, session) -> None:
+    server = await in_process()
     status, body = await get(session, server, "/api/telemetry/not-an-imei")
     assert status == 400 and body["code"] == "INVALID_IMEI"
 

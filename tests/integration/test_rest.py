@@ -1,4 +1,9 @@
-"""Every REST endpoint: envelope, status codes, authentication, delivery to sockets."""
+"""Every REST endpoint: envelope, status codes, authentication, delivery to sockets.
+
+Tests that need only HTTP run against the application served in the test's
+own process (``in_process``); those that need sockets too, against a real
+``iothub serve``.
+"""
 
 from __future__ import annotations
 
@@ -94,7 +99,8 @@ async def test_status_is_public_and_says_the_evaluator(quiet, open_client, http,
 
 
 @pytest.mark.parametrize(("method", "path"), MANAGEMENT)
-async def test_management_needs_an_admin_token(server, http, method, path):
+async def test_management_needs_an_admin_token(in_process, http, method, path):
+    server = await in_process()
     url = server.url + path
     body = {"json_body": MESSAGE} if method == "POST" else {}
     expired = server.token("admin@example.com", "admin", ttl=-60)
@@ -118,7 +124,8 @@ async def test_management_needs_an_admin_token(server, http, method, path):
 
 
 @pytest.mark.parametrize("path", MANAGEMENT_GETS)
-async def test_management_gets_with_an_admin_token(server, http, path):
+async def test_management_gets_with_an_admin_token(in_process, http, path):
+    server = await in_process()
     response = await rest(http, "GET", server.url + path, headers=server.admin_headers)
     assert response.status == 200
     assert set(response.body) == {"success", "message", "data"} and response.body["success"] is True
@@ -225,7 +232,8 @@ async def test_message_to_a_device_that_is_not_connected(server, open_client, ht
 
 
 @pytest.mark.parametrize("bad", ["123", "12345678901234x", "1234567890123456", "%20123456789012345"])
-async def test_message_to_a_bad_imei(server, http, bad):
+async def test_message_to_a_bad_imei(in_process, http, bad):
+    server = await in_process()
     response = await rest(http, "POST", f"{server.url}/api/realtime/device/{bad}", headers=server.admin_headers,
                           json_body=MESSAGE)
     assert_envelope_failure(response, 400, "INVALID_IMEI")
@@ -254,14 +262,16 @@ async def test_message_to_a_user(server, open_client, http, imei, email):
     assert response.body["data"] == {"event": "system_notification", "recipients": 1}
 
 
-async def test_message_to_a_user_nobody_watches(server, http, email):
+async def test_message_to_a_user_nobody_watches(in_process, http, email):
+    server = await in_process()
     response = await rest(http, "POST", f"{server.url}/api/realtime/user/{email()}", headers=server.admin_headers,
                           json_body=MESSAGE)
     assert_envelope_failure(response, 404, "NOT_FOUND")
 
 
 @pytest.mark.parametrize("bad", ["nobody", "a@b", "a b@example.com"])
-async def test_message_to_a_bad_email(server, http, bad):
+async def test_message_to_a_bad_email(in_process, http, bad):
+    server = await in_process()
     response = await rest(http, "POST", f"{server.url}/api/realtime/user/{bad}", headers=server.admin_headers,
                           json_body=MESSAGE)
     assert_envelope_failure(response, 400, "INVALID_EMAIL")
@@ -304,8 +314,8 @@ async def test_event_of_64_characters_is_fine(server, open_client, http):
     assert await client.wait_event(name) == [1, 2]
 
 
-async def test_body_over_max_payload(server_factory, http):
-    small = server_factory(MAX_PAYLOAD_BYTES="2048")
+async def test_body_over_max_payload(in_process, http):
+    small = await in_process(MAX_PAYLOAD_BYTES="2048")
     body = {"event": "big", "data": {"blob": "x" * 4096}}
     response = await rest(http, "POST", small.url + "/api/realtime/broadcast", headers=small.admin_headers,
                           json_body=body)
@@ -326,7 +336,8 @@ async def test_body_over_max_payload(server_factory, http):
         ("DELETE", "/health", 405),
     ],
 )
-async def test_unknown_route(server, http, method, path, status):
+async def test_unknown_route(in_process, http, method, path, status):
+    server = await in_process()
     response = await rest(http, method, server.url + path, headers=server.admin_headers)
     assert_envelope_failure(response, status, "NOT_FOUND" if status == 404 else "INVALID_PAYLOAD")
 
@@ -343,7 +354,8 @@ def mint(*args: str, secret: str | None = TEST_SECRET) -> subprocess.CompletedPr
     )
 
 
-async def test_token_command_mints_what_the_server_accepts(server, http):
+async def test_token_command_mints_what_the_server_accepts(in_process, http):
+    server = await in_process()
     admin = mint("--email", "ops@example.com", "--role", "admin")
     assert admin.returncode == 0, admin.stderr
     token = admin.stdout.strip()
