@@ -54,7 +54,6 @@ class Hub:
             capacity=settings.buffer_rows,
             batch_rows=settings.batch_rows,
             flush_interval=settings.flush_interval_ms / 1000,
-            durable=settings.durable_ack,
         )
         self.gateway = Gateway(settings, self.authenticator)
         self.plane = DataPlane(
@@ -62,7 +61,7 @@ class Hub:
         )
         self.supervisor = Supervisor(self.write_behind, heartbeat_timeout_ms=settings.heartbeat_timeout_ms)
         self.supervisor.add_gateway(GATEWAY_NAME, self.plane)
-        self.gateway.bind(self.plane, self.supervisor)
+        self.gateway.bind(self.plane, self.supervisor, self.write_behind.committed if settings.durable_ack else None)
         self.services = Services(
             self.authenticator, self.supervisor, self.plane, self.write_behind, self.store, self.engine.kind
         )

@@ -42,9 +42,7 @@ class DeviceRecord(Struct, frozen=True):
 class Registry(Protocol):
     """Who owns which device: what the supervisor reads and writes of a store."""
 
-    async def set_owner(self, imei: str, email: str) -> None:
-        """Record the owner; with durable acknowledgements, return once it is committed."""
-        ...
+    async def set_owner(self, imei: str, email: str) -> None: ...
 
     async def owner_of(self, imei: str) -> str | None: ...
 

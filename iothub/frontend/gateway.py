@@ -15,8 +15,9 @@ encoded text for every recipient, no task and no await per socket.
 With durable acknowledgements, the reply to ``telemetry_data`` waits for the
 commit of the batch that holds its rows — the commit handle the data plane
 hands back — through a callback on that batch's future, so the event's
-handler still returns at once. (A ``register_device`` that sets an owner is
-answered once the registry has committed it.)
+handler still returns at once. A ``register_device`` that sets an owner waits
+likewise for the registry's commit of everything taken so far, its owner
+change included.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 import socketio
@@ -126,10 +127,17 @@ class Gateway(SocketIOServer):
         self.on("connect", self._on_connect)
         self.on("disconnect", self._on_disconnect)
 
-    def bind(self, plane: DataPlane, supervisor: Supervisor) -> None:
-        """The data plane this gateway's sockets feed, and the supervisor it asks for the rest."""
+    def bind(
+        self, plane: DataPlane, supervisor: Supervisor, registry_committed: Callable[[], asyncio.Future[None]] | None = None
+    ) -> None:
+        """The data plane this gateway's sockets feed, and the supervisor it asks for the rest.
+
+        ``registry_committed`` (durable acknowledgements): a future resolved once
+        every change the registry has taken so far is committed.
+        """
         self.plane = plane
         self.supervisor = supervisor
+        self.registry_committed = registry_committed
 
     async def close_connections(self) -> None:
         """Close every socket and answer the long-polls they hold; clients reconnect, to the next server, on their own.
@@ -247,8 +255,10 @@ class Gateway(SocketIOServer):
             case RegisterDeviceEvent(payload=message):
                 if not principal.may_register(message.imei):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not register {message.imei}")
-                registered = await self.supervisor.register(Register(plane.name, sid, message.imei, message.userEmail))
-                return event.reply_event, encode(ok(registered))
+                registered = encode(ok(await self.supervisor.register(Register(plane.name, sid, message.imei, message.userEmail))))
+                if message.userEmail is not None and self.registry_committed is not None:
+                    return event.reply_event, Deferred(registered, self.registry_committed())
+                return event.reply_event, registered
             case SubscribeUserEvent(payload=message):
                 if not principal.may_subscribe(message.email):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not subscribe to {message.email}")

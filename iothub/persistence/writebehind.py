@@ -19,7 +19,9 @@ resolved when the batch is committed, so a reply can wait for its batch
 The buffer also stands in front of the store as the supervisor's
 :class:`~iothub.core.records.Registry`: owner changes are written behind like
 the rest, and read back with those not yet written laid over the store's
-answer. With ``durable`` set, an owner change returns once it is committed.
+answer. Batches commit in order, so :meth:`WriteBehind.committed` — the
+newest batch's future — covers an owner change taken before it: that is what
+a durable registration waits for.
 """
 
 from __future__ import annotations
@@ -78,13 +80,11 @@ class WriteBehind:
         capacity: int = 500_000,
         batch_rows: int = 1000,
         flush_interval: float = 0.05,
-        durable: bool = False,
     ) -> None:
         self.store = store
         self.capacity = capacity
         self.batch_rows = batch_rows
         self.flush_interval = flush_interval
-        self.durable = durable
         #: Rows taken and not yet committed.
         self.backlog = 0
         #: Whether the last write failed (and is being retried).
@@ -118,18 +118,25 @@ class WriteBehind:
         self._open.alerts.append(record)
         self.backlog += 1
 
+    def committed(self) -> asyncio.Future[None]:
+        """A future resolved once every row taken so far is committed; it fails if the server stops first."""
+        batch = self._open if self._open.rows else (self._queue[-1] if self._queue else None)
+        if batch is not None:
+            return batch.committed()
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
     # ------------------------------------------------------------------ Registry
 
     async def set_owner(self, imei: str, email: str) -> None:
-        """Write the owner behind (durable: and wait for its commit); refused only at shutdown."""
+        """Write the owner behind; refused only at shutdown (a row per registration, one per device at most)."""
         self._check_accepting()
         batch = self._open
         if imei not in batch.owners:
             self.backlog += 1
         batch.owners[imei] = email
         self._owners[imei] = batch
-        if self.durable:
-            await batch.committed()
 
     async def owner_of(self, imei: str) -> str | None:
         pending = self._pending_owner(imei)

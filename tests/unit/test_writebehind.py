@@ -183,15 +183,23 @@ async def test_committed_resolves_only_once_the_batch_is_written(store: FlakySto
     assert first.done() and store.telemetry == [row(0), row(1), row(2)]
 
 
-async def test_a_durable_owner_change_returns_once_it_is_committed(store: FlakyStore, make_writer) -> None:
-    writer = make_writer(flush_interval=0.01, durable=True)
+async def test_committed_with_nothing_pending_is_already_done(make_writer) -> None:
+    writer = make_writer()
+    assert writer.committed().done()
+
+
+async def test_committed_covers_every_row_taken_so_far(store: FlakyStore, make_writer) -> None:
+    """What a durable registration waits for: its owner change, and whatever was taken before it."""
+    writer = make_writer(batch_rows=2, flush_interval=0.01)
     store.failing = True
-    change = asyncio.ensure_future(writer.set_owner(IMEI_A, ALICE))
+    writer.telemetry(row(0))
+    await writer.set_owner(IMEI_A, ALICE)
+    committed = writer.committed()
     await eventually(lambda: store.attempts >= 2)
-    assert not change.done()
+    assert not committed.done()
     store.failing = False
-    await asyncio.wait_for(change, 5)
-    assert store.owners == {IMEI_A: ALICE}
+    await asyncio.wait_for(committed, 5)
+    assert store.owners == {IMEI_A: ALICE} and store.telemetry == [row(0)]
 
 
 # --------------------------------------------------------------------------- the registry in front of the store
