@@ -38,7 +38,7 @@ from .commands import (
 )
 from .device import DeviceActor
 from .errors import ErrorCode, ProtocolError
-from .metrics import Meters
+from .metrics import Meters, Rates
 from .protocol import AlertEvent, DeviceInfo, HeartbeatAck, LastTelemetry, TelemetryData, TelemetryUpdate, encode, is_imei
 from .records import AlertRecord, Commit, Recorder, TelemetryRecord
 
@@ -139,6 +139,10 @@ class DataPlane:
     def refused(self) -> None:
         """Count an event the front end refused."""
         self.meters.errors.mark(self.clock())
+
+    def rates(self, now: int) -> dict[str, Rates]:
+        """Telemetry, alerts, deliveries and refusals: totals and per-second rates, for ``/api/realtime/status``."""
+        return self.meters.snapshot(now)
 
     def _device_of(self, sid: str, imei: str) -> DeviceActor:
         device = self._live.get(imei)

@@ -118,7 +118,7 @@ async def status(request: web.Request) -> web.Response:
             "connections": counts.connections,
             "devices": counts.devices,
             "users": len(supervisor.users()),
-            "messages": services.plane.meters.snapshot(now),
+            "messages": services.plane.rates(now),
             "evaluator": services.evaluator,
             "store": services.store.name,
             "backlog": services.write_behind.backlog,
