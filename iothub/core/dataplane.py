@@ -72,8 +72,9 @@ class DataPlane:
         self.meters = Meters()
         self._sockets: set[str] = set()
         self._live: dict[str, DeviceActor] = {}
-        #: A list, not a set: a socket registers one device, a gateway box a few.
-        self._socket_devices: dict[str, list[str]] = {}
+        #: A tuple, not a set or a list: a socket registers one device, a gateway box a few; a
+        #: tuple of strings is the smallest, and the cyclic GC stops tracking it.
+        self._socket_devices: dict[str, tuple[str, ...]] = {}
         self._subscribers: dict[str, set[str]] = {}
         self._socket_subscriptions: dict[str, set[str]] = {}
         #: Devices that left, kept until the store surely has their last telemetry
@@ -191,15 +192,18 @@ class DataPlane:
         if previous is not None:
             device.last_timestamp, device.last_data = previous.last_timestamp, previous.last_data
         if live is not None:
-            self._socket_devices[live.sid].remove(imei)
+            self._unbind(live.sid, imei)
         self._live[imei] = device
-        self._socket_devices.setdefault(sid, []).append(imei)
+        self._socket_devices[sid] = (*self._socket_devices.get(sid, ()), imei)
         return True
+
+    def _unbind(self, sid: str, imei: str) -> None:
+        self._socket_devices[sid] = tuple(other for other in self._socket_devices[sid] if other != imei)
 
     async def detach(self, command: Detach) -> None:
         device = self._live.pop(command.imei, None)
         if device is not None:
-            self._socket_devices[device.sid].remove(device.imei)
+            self._unbind(device.sid, device.imei)
             self._departed[device.imei] = device
 
     async def join(self, command: Join) -> bool:
@@ -245,7 +249,7 @@ class DataPlane:
         expired = [device for device in self._live.values() if device.expired(now, timeout)]
         for device in expired:
             del self._live[device.imei]
-            self._socket_devices[device.sid].remove(device.imei)
+            self._unbind(device.sid, device.imei)
         return [Departed(device.imei, device.owner) for device in expired]
 
     async def devices(self) -> list[DeviceInfo]:

@@ -80,8 +80,8 @@ class GatewayLink(Protocol):
     async def counts(self) -> Counts: ...
 
 
-class Location(Struct, frozen=True):
-    """Where a live device runs, and who owns it."""
+class Location(Struct, frozen=True, gc=False):
+    """Where a live device runs, and who owns it (one per live device: kept small, and out of the cyclic GC)."""
 
     gateway: str
     sid: str
