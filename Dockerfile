@@ -20,9 +20,8 @@ RUN set -eux; \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
-COPY ext ext
-COPY iothub iothub
+# The whole context, which .dockerignore cuts down to what the package is built from.
+COPY . .
 # Not editable: the run stage gets the package and its compiled module, not this source tree.
 RUN pip install --no-cache-dir .
 
