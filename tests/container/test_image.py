@@ -261,7 +261,7 @@ def test_the_image_holds_the_compiled_server_and_no_compiler(rootfs: Path) -> No
     compilers = [str(path.relative_to(rootfs)) for path in named_like_compilers if path.is_symlink() or not path.is_dir()]
     assert compilers == []
     assert not list(rootfs.glob("opt/venv/lib/python3*/site-packages/Cython")), "Cython is for the build stage only"
-    assert list(rootfs.glob("opt/venv/lib/python3*/site-packages/iothub/_alerts*.so"))
+    assert list(rootfs.glob("opt/venv/lib/python3*/site-packages/iothub/**/_alerts*.so"))
 
 
 def test_the_server_runs_as_the_images_non_root_user(image_server: ImageServer, user: ImageUser) -> None:
