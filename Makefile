@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench build clean
+.PHONY: serve test test-image bench build clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard iothub/core/*.pyx)
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The container image, built with podman FROM a Debian base made by mmdebstrap, its entry
+# command started in its own filesystem and driven by a Socket.IO client; with compose.yaml's
+# checks. Needs root, podman and mmdebstrap; a few minutes. podman's storage is build/container.
+test-image: $(STAMP)
+	IOTHUB_TEST_IMAGE=1 $(BIN)/pytest tests/container
 
 # Micro-benchmarks, then the fleet benchmark: persistence on (iothub, SQLite) against off
 # (iothub:memory) in five alternating rounds, and against the plain baseline (about ten minutes).
