@@ -39,6 +39,8 @@ from iothub.loadgen.fleet import Dashboard, Device, Tally, owner_of, start_all
 from iothub.loadgen.servers import IOTHUB_SERVE, ServerFailed, ServerProcess, free_port
 
 BASELINE = Path(__file__).resolve().parent / "baseline_server.py"
+#: The load comes from one address, thousands of sockets at once: a started iothub has no per-address limits.
+UNLIMITED_LOAD = {"IOTHUB_MAX_CONNECTIONS_PER_ADDRESS": "0", "IOTHUB_CONNECT_RATE_PER_ADDRESS": "0"}
 STORES = tuple(kind for kind in get_args(StoreKind) if kind != "auto")
 
 
@@ -110,7 +112,7 @@ class BenchServer:
         port = free_port()
         try:
             self.process = ServerProcess(
-                (*command, "--port", str(port)), port=port, env={"HOST": "127.0.0.1", **env}
+                (*command, "--port", str(port)), port=port, env={"HOST": "127.0.0.1", **UNLIMITED_LOAD, **env}
             )
         except ServerFailed as failed:
             self._remove_data()

@@ -15,7 +15,6 @@ last the store closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +38,11 @@ log = logging.getLogger(__name__)
 #: How long a shutdown waits, once the sockets are closed, for requests still open (aiohttp's
 #: default is 60 s): a WebSocket client that does not answer the close, a slow REST call.
 REQUEST_GRACE_S = 5.0
+#: The longest request line or header aiohttp reads (its default is 8 KiB): an oversized token then
+#: reaches authentication and gets the 401 envelope, not aiohttp's plain-text 400.
+MAX_HEADER_BYTES = 128 * 1024
+#: How often the age of the write-behind's backlog is checked.
+BACKLOG_CHECK_S = 0.05
 #: The one gateway's name in the supervisor's tables.
 GATEWAY_NAME = "gateway-0"
 
@@ -63,14 +67,28 @@ class Hub:
         self.supervisor.add_gateway(GATEWAY_NAME, self.plane)
         self.gateway.bind(self.plane, self.supervisor, self.write_behind.committed if settings.durable_ack else None)
         self.services = Services(
-            self.authenticator, self.supervisor, self.plane, self.write_behind, self.store, self.engine.kind
+            self.authenticator,
+            self.supervisor,
+            self.plane,
+            self.write_behind,
+            self.store,
+            self.engine.kind,
+            self.gateway.limits,
+            settings.proxies,
         )
         #: Rows the store had not taken when the server stopped.
         self.lost = 0
+        #: How many times reading from sockets was held for a store that fell behind.
+        self.reads_held = 0
+        self._chores: list[asyncio.Task[None]] = []
 
     def application(self) -> web.Application:
         app = web.Application(
-            middlewares=[rest.rest_only(rest.cors(self.settings.cors_origins)), rest.rest_only(rest.envelope_errors)],
+            middlewares=[
+                rest.rest_only(rest.cors(self.settings.cors_origins)),
+                rest.rest_only(rest.address_guard),
+                rest.rest_only(rest.envelope_errors),
+            ],
             client_max_size=self.settings.max_payload_bytes,
         )
         app[SERVICES] = self.services
@@ -85,7 +103,7 @@ class Hub:
         """The startup line: where it listens, which store, which evaluator."""
         s = self.settings
         return (
-            f"iothub listening on http://{s.host}:{s.port} "
+            f"iothub listening on http://{s.bind_host}:{s.port} "
             f"(env {s.env}, store {self.store.name}, alert evaluator {self.engine.kind})"
         )
 
@@ -95,22 +113,50 @@ class Hub:
         except Exception as exc:  # a path that cannot be written, a server that does not answer: say which
             raise ConfigError(f"cannot open the {self.store.name} store: {exc}") from exc
         self.write_behind.start()
-        sweeper = asyncio.create_task(self._sweep_forever(), name="iothub-heartbeat-sweep")
+        self._chores = [
+            asyncio.create_task(self._sweep_forever(), name="iothub-heartbeat-sweep"),
+            asyncio.create_task(self._hold_reads_while_behind(), name="iothub-backlog-watch"),
+        ]
         self.services.started = time.monotonic()
         yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        await self._stop_chores()
         await self._flush()
         await self.store.close()
 
     async def _shutdown(self, app: web.Application) -> None:
         """Before aiohttp waits for the connections: write what was taken, then close the sockets."""
+        await self._stop_chores()
+        self.gateway.gate.resume()
         await self._flush()
         await self.gateway.close_connections()
 
+    async def _stop_chores(self) -> None:
+        for chore in self._chores:
+            chore.cancel()
+        await asyncio.gather(*self._chores, return_exceptions=True)
+
     async def _flush(self) -> None:
         self.lost = await self.write_behind.close(self.settings.shutdown_timeout_ms / 1000)
+
+    async def _hold_reads_while_behind(self) -> None:
+        """Stop reading sockets while the oldest uncommitted row is older than IOTHUB_MAX_BACKLOG_AGE_MS.
+
+        So a crash loses at most that much acknowledged telemetry even when the
+        store cannot keep up: the clients slow down (TCP back-pressure) instead
+        of the buffer growing. Reads resume once the backlog is younger again.
+        """
+        limit = self.settings.max_backlog_age_ms / 1000
+        gate = self.gateway.gate
+        while True:
+            await asyncio.sleep(BACKLOG_CHECK_S)
+            behind = self.write_behind.backlog_age(time.monotonic()) > limit
+            if behind and not gate.paused:
+                gate.pause()
+                self.reads_held += 1
+                log.warning("the %s store is more than %g s behind: reading from sockets is held until it catches up", self.store.name, limit)
+            elif not behind and gate.paused:
+                gate.resume()
+                log.info("the %s store has caught up: reading from sockets again", self.store.name)
 
     async def _sweep_forever(self) -> None:
         interval = self.settings.cleanup_interval_ms / 1000

@@ -10,18 +10,24 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from .config import ENVIRONMENT, ConfigError, Settings
+from .config import ENVIRONMENT, ConfigError, Settings, flag_of
 from .core.auth import ROLES, Authenticator
 from .loop import new_event_loop
+
+#: Defaults that depend on other settings, as ``serve --help`` and the README state them.
+DEFAULTS_IN_WORDS = {
+    "host": "127.0.0.1 in development, 0.0.0.0 in production",
+    "jwt_secret": "a development secret; production needs one",
+    "frontend_url": "* in development, the server's own origin only in production",
+    "rate_burst": "twice the rate",
+}
 
 
 def _serve_parser(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the server", description="Run the server; flags override the environment.")
     for name, variable in ENVIRONMENT.items():
-        default = Settings.__struct_defaults__[Settings.__struct_fields__.index(name)]
-        serve.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar=variable, help=f"(env {variable}; default {default!r})"
-        )
+        default = DEFAULTS_IN_WORDS.get(name, repr(Settings.__struct_defaults__[Settings.__struct_fields__.index(name)]))
+        serve.add_argument(flag_of(variable), dest=name, default=None, metavar=variable, help=f"(env {variable}; default {default})")
 
 
 def _token_parser(commands: argparse._SubParsersAction) -> None:
@@ -46,6 +52,7 @@ def _simulate_parser(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--url", default="http://127.0.0.1:6162")
     simulate.add_argument("--duration", type=float, help="seconds to run (default: until interrupted)")
     simulate.add_argument("--token", help="a token for the handshake (production servers)")
+    simulate.add_argument("--owners", type=int, help="owners the devices are dealt to (default: one per ten devices, at least one)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,7 +88,7 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(overrides: dict[str, str | None]) -> int:
-    from .app import REQUEST_GRACE_S, Hub
+    from .app import MAX_HEADER_BYTES, REQUEST_GRACE_S, Hub
 
     settings = Settings.load(None, **overrides)
     logging.basicConfig(
@@ -91,12 +98,14 @@ def serve(overrides: dict[str, str | None]) -> int:
     hub = Hub(settings)
     web.run_app(
         hub.application(),
-        host=settings.host,
+        host=settings.bind_host,
         port=settings.port,
         print=lambda _banner: print(hub.describe(), flush=True),
         loop=new_event_loop(),
         access_log=None,
         shutdown_timeout=REQUEST_GRACE_S,
+        max_line_size=MAX_HEADER_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
     )
     return 1 if hub.lost else 0  # rows the store never took: say so to whatever restarts the server
 
@@ -117,7 +126,7 @@ def simulate(args: argparse.Namespace) -> int:
 
     loop = new_event_loop()
     try:
-        loop.run_until_complete(run_fleet(args.url, args.devices, args.rate, args.duration, args.token))
+        loop.run_until_complete(run_fleet(args.url, args.devices, args.rate, args.duration, args.token, args.owners))
     except KeyboardInterrupt:
         pass
     finally:

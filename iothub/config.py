@@ -1,12 +1,13 @@
 """Settings: the seed's environment variables, the ones this server adds, and their checks.
 
 Every setting has one environment variable and one ``iothub serve`` flag (the
-flag wins). :meth:`Settings.load` refuses a configuration that cannot work —
+flag wins): the variable's name in lower case, without ``IOTHUB_``, with dashes. :meth:`Settings.load` refuses a configuration that cannot work —
 above all production without a strong ``JWT_SECRET`` — before anything listens.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -33,7 +34,8 @@ class ConfigError(ValueError):
 
 
 class Settings(Struct, frozen=True, kw_only=True):
-    host: str = "0.0.0.0"
+    #: None: 127.0.0.1 in development (nothing else can reach a server started to try it), 0.0.0.0 in production.
+    host: str | None = None
     port: int = 6162
     env: Environment = "development"
     jwt_secret: str | None = None
@@ -59,6 +61,15 @@ class Settings(Struct, frozen=True, kw_only=True):
     flush_interval_ms: int = 50
     history_retention_days: int = 0
     shutdown_timeout_ms: int = 10_000
+    max_connections: int = 100_000
+    max_connections_per_address: int = 1_000
+    connect_rate_per_address: float = 50.0
+    auth_failures_per_address: int = 20
+    auth_ban_ms: int = 60_000
+    trusted_proxies: str | None = None
+    max_queued_bytes: int = 512 * 1024
+    connect_timeout_ms: int = 45_000
+    max_backlog_age_ms: int = 1_000
     rules: tuple[AlertRule, ...] = field(default=DEFAULT_RULES)
 
     @property
@@ -66,16 +77,29 @@ class Settings(Struct, frozen=True, kw_only=True):
         return self.env == "production"
 
     @property
+    def bind_host(self) -> str:
+        """Where the server listens: HOST, else loopback in development and every interface in production."""
+        if self.host:
+            return self.host
+        return "0.0.0.0" if self.production else "127.0.0.1"
+
+    @property
+    def proxies(self) -> tuple[str, ...]:
+        """Addresses and networks whose ``X-Forwarded-For`` is believed (IOTHUB_TRUSTED_PROXIES)."""
+        return tuple(item.strip() for item in (self.trusted_proxies or "").split(",") if item.strip())
+
+    @property
     def burst(self) -> float:
         """Events a socket may send at once: IOTHUB_RATE_BURST, else two seconds' worth (at least one)."""
         return self.rate_burst or max(1.0, 2 * self.rate_limit)
 
     @property
-    def cors_origins(self) -> list[str] | str:
-        """Origins allowed to open sockets and call REST from a browser."""
+    def cors_origins(self) -> list[str] | str | None:
+        """Origins allowed to open sockets and call REST from a browser: FRONTEND_URL's list, ``*``
+        (development's default), or None — the server's own origin only (production's default)."""
         if self.frontend_url:
             return [origin.strip().rstrip("/") for origin in self.frontend_url.split(",") if origin.strip()]
-        return [] if self.production else "*"
+        return None if self.production else "*"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -98,11 +122,13 @@ class Settings(Struct, frozen=True, kw_only=True):
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be 1..65535, not {self.port}")
         positive = ("heartbeat_timeout_ms", "cleanup_interval_ms", "ping_interval_ms", "ping_timeout_ms", "max_payload_bytes",
-                    "buffer_rows", "batch_rows", "flush_interval_ms", "shutdown_timeout_ms")
+                    "buffer_rows", "batch_rows", "flush_interval_ms", "shutdown_timeout_ms", "max_queued_bytes",
+                    "connect_timeout_ms", "max_backlog_age_ms", "auth_ban_ms")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENVIRONMENT[name]} must be positive")
-        for name in ("rate_limit", "rate_burst", "alert_cooldown_ms", "history_retention_days"):
+        unlimited_when_zero = ("max_connections", "max_connections_per_address", "connect_rate_per_address", "auth_failures_per_address")
+        for name in ("rate_limit", "rate_burst", "alert_cooldown_ms", "history_retention_days", *unlimited_when_zero):
             if not getattr(self, name) >= 0:  # NaN included
                 raise ConfigError(f"{ENVIRONMENT[name]} must be a number, 0 or more")
         if self.batch_rows > self.buffer_rows:
@@ -111,16 +137,21 @@ class Settings(Struct, frozen=True, kw_only=True):
             raise ConfigError("IOTHUB_STORE=mongodb needs MONGODB_URI")
         if self.production:
             secret = self.jwt_secret or ""
-            if len(secret) < MIN_SECRET_LENGTH or secret.lower() in WEAK_SECRETS:
+            if len(secret) < MIN_SECRET_LENGTH or secret.lower() in WEAK_SECRETS or _repetitive(secret):
                 raise ConfigError(
                     f"production needs JWT_SECRET of at least {MIN_SECRET_LENGTH} characters that is not an example value"
                 )
+        for proxy in self.proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"IOTHUB_TRUSTED_PROXIES: {proxy!r} is not an address or a network") from None
         if self.alert_rules_file:
             return msgspec.structs.replace(self, rules=_read_rules(Path(self.alert_rules_file)))
         return self
 
 
-#: The environment variable of each setting (the CLI flag is ``--`` plus the name, dashed).
+#: The environment variable of each setting (the CLI flag: :func:`flag_of`).
 ENVIRONMENT: dict[str, str] = {
     "host": "HOST",
     "port": "PORT",
@@ -148,7 +179,28 @@ ENVIRONMENT: dict[str, str] = {
     "flush_interval_ms": "IOTHUB_FLUSH_INTERVAL_MS",
     "history_retention_days": "IOTHUB_HISTORY_RETENTION_DAYS",
     "shutdown_timeout_ms": "IOTHUB_SHUTDOWN_TIMEOUT_MS",
+    "max_connections": "IOTHUB_MAX_CONNECTIONS",
+    "max_connections_per_address": "IOTHUB_MAX_CONNECTIONS_PER_ADDRESS",
+    "connect_rate_per_address": "IOTHUB_CONNECT_RATE_PER_ADDRESS",
+    "auth_failures_per_address": "IOTHUB_AUTH_FAILURES_PER_ADDRESS",
+    "auth_ban_ms": "IOTHUB_AUTH_BAN_MS",
+    "trusted_proxies": "IOTHUB_TRUSTED_PROXIES",
+    "max_queued_bytes": "IOTHUB_MAX_QUEUED_BYTES",
+    "connect_timeout_ms": "IOTHUB_CONNECT_TIMEOUT_MS",
+    "max_backlog_age_ms": "IOTHUB_MAX_BACKLOG_AGE_MS",
 }
+
+
+def flag_of(variable: str) -> str:
+    """A setting's ``iothub serve`` flag: its variable in lower case, without ``IOTHUB_``, with dashes."""
+    return "--" + variable.removeprefix("IOTHUB_").lower().replace("_", "-")
+
+
+def _repetitive(secret: str) -> bool:
+    """Whether the secret is a short run repeated (``secretsecret…``), or uses fewer than eight characters."""
+    if len(set(secret)) < 8:
+        return True
+    return any(secret == secret[:size] * (len(secret) // size) + secret[: len(secret) % size] for size in range(1, len(secret) // 2 + 1))
 
 
 def _read_rules(path: Path) -> tuple[AlertRule, ...]:

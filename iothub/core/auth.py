@@ -27,6 +27,8 @@ class Principal(Struct, frozen=True):
     role: Role | None
     email: str | None = None
     imei: str | None = None
+    #: When the token ends (seconds since the epoch); a socket opened with it ends then too.
+    expires: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -34,6 +36,10 @@ class Principal(Struct, frozen=True):
 
     def may_register(self, imei: str) -> bool:
         return self.is_admin or (self.role == "device" and self.imei == imei)
+
+    def may_set_owner(self, email: str) -> bool:
+        """Whether this principal may make ``email`` a device's owner: only that person, or an admin."""
+        return self.is_admin or self.email == email
 
     def may_subscribe(self, email: str) -> bool:
         return self.is_admin or (self.role == "user" and self.email == email)
@@ -77,7 +83,9 @@ class Authenticator:
         imei = claims.get("imei")
         if role not in ROLES or not isinstance(email, str) or (role == "device" and not isinstance(imei, str)):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "token lacks the role, email or imei claim")
-        return Principal(role=role, email=email.lower(), imei=imei if isinstance(imei, str) else None)
+        exp = claims.get("exp")
+        expires = int(exp) if isinstance(exp, int | float) else None
+        return Principal(role=role, email=email.lower(), imei=imei if isinstance(imei, str) else None, expires=expires)
 
     def for_socket(self, auth: object) -> Principal:
         """The principal of a Socket.IO handshake's ``auth`` object.

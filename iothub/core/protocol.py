@@ -172,12 +172,19 @@ def _explain(text: str | bytes, exc: Exception) -> ProtocolError:
     """Turn a failed decode into the error a client can act on."""
     if isinstance(exc, RecursionError):
         return ProtocolError(ErrorCode.INVALID_PAYLOAD, "payload is nested too deeply")
+    if not isinstance(exc, msgspec.ValidationError) and isinstance(exc, msgspec.DecodeError):  # not JSON: NaN, a cut-off text
+        return ProtocolError(ErrorCode.INVALID_PAYLOAD, f"the event is not valid JSON ({_without_position(str(exc))})")
     name = event_name(text)
     if name is None:
         return ProtocolError(ErrorCode.INVALID_PAYLOAD, "an event must be a JSON array starting with its name")
     if name not in EVENT_NAMES:
         return ProtocolError(ErrorCode.INVALID_PAYLOAD, f"unknown event {name[:64]!r}")
     return validation_error(str(exc))
+
+
+def _without_position(reason: str) -> str:
+    """msgspec's decode error, without the byte offset that means nothing to a client: "invalid character"."""
+    return reason.removeprefix("JSON is malformed: ").split(" (byte")[0]
 
 
 def validation_error(reason: str, within: str = "") -> ProtocolError:

@@ -1,6 +1,9 @@
-"""A token bucket: the event budget of one socket (``IOTHUB_RATE_LIMIT``)."""
+"""Token buckets: the event budget of one socket (``IOTHUB_RATE_LIMIT``), and a log that floods cannot fill."""
 
 from __future__ import annotations
+
+import logging
+import time
 
 
 class TokenBucket:
@@ -22,3 +25,24 @@ class TokenBucket:
             return False
         self.tokens -= 1.0
         return True
+
+
+class RateLimitedLog:
+    """A logger's warnings at most ``rate`` a second (bursts of ``burst``); the lines held back are
+    counted and said on the next line that goes out, so a flood of bad input cannot flood the log."""
+
+    __slots__ = ("logger", "_budget", "_held_back")
+
+    def __init__(self, logger: logging.Logger, rate: float = 1.0, burst: float = 20.0) -> None:
+        self.logger = logger
+        self._budget = TokenBucket(rate, burst, time.monotonic())
+        self._held_back = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        if not self._budget.take(time.monotonic()):
+            self._held_back += 1
+            return
+        if self._held_back:
+            message += f" (and {self._held_back} more like it, not logged)"
+            self._held_back = 0
+        self.logger.warning(message, *args)

@@ -27,6 +27,8 @@ from aiohttp import web
 from aiohttp.web import WebSocketResponse
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket as EngineSocket
+from engineio.exceptions import EngineIOError
+from socketio import packet as sio_packet
 
 from .packets import split_event
 
@@ -46,6 +48,13 @@ WebSocketDriver = type[eio_aiohttp.WebSocket]
 
 #: What python-socketio keeps of a handshake's environ for the socket's life: nothing (this server reads none).
 NO_ENVIRON: dict[str, Any] = {}
+#: The data :meth:`SocketIOServer.handle_event` gets for an event that announced binary attachments.
+BINARY = object()
+
+
+class ProtocolViolation(EngineIOError):
+    """A packet that does not parse. An Engine.IO error, so that python-engineio closes a polling
+    session over it as the reference server does; the WebSocket pump closes its socket too."""
 
 
 def check_versions() -> None:
@@ -66,38 +75,78 @@ class SocketIOServer(socketio.AsyncServer):
     """python-socketio's server, with its private dispatch routed to hooks of public name.
 
     Subclasses implement :meth:`handle_event` and may implement
-    :meth:`engine_socket_opened`.
+    :meth:`engine_socket_opened` and :meth:`engine_socket_closed`.
+
+    Binary attachments are refused at their announcement: the event is
+    answered as :data:`BINARY` at once, and the attachments that follow are
+    counted off and dropped, never held.
     """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        #: Engine.IO session → attachments still to drop.
+        self._dropping: dict[str, int] = {}
 
     def use_transport(self, websocket: WebSocketDriver, create_route: Callable[..., None]) -> None:
         """Serve WebSockets with ``websocket`` and add Engine.IO's routes with ``create_route``."""
         self.eio._async = {**self.eio._async, "websocket": websocket, "create_route": create_route}
 
-    def engine_socket_opened(self, socket: EngineSocket) -> None:
-        """A new Engine.IO session, before Socket.IO's CONNECT."""
+    def engine_socket_opened(self, socket: EngineSocket, environ: dict[str, Any]) -> None:
+        """A new Engine.IO session, before Socket.IO's CONNECT; ``environ`` is its handshake's."""
+
+    def engine_socket_closed(self, eio_sid: str) -> None:
+        """An Engine.IO session ended, Socket.IO's disconnect handled."""
 
     async def handle_event(self, eio_sid: str, namespace: str | None, ack_id: int | None, data: Any) -> None:
         """An EVENT: ``data`` is the JSON text of its array (:class:`~iothub.frontend.packets.EventPacket`)."""
         raise NotImplementedError
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
-        self.engine_socket_opened(self.eio.sockets[eio_sid])
+        self.engine_socket_opened(self.eio.sockets[eio_sid], environ)
         await super()._handle_eio_connect(eio_sid, NO_ENVIRON)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        self._dropping.pop(eio_sid, None)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        self.engine_socket_closed(eio_sid)
 
     async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
         """A plain EVENT on the default namespace goes straight to :meth:`handle_event`, as text.
 
         python-socketio's generic packet parser costs more than the rest of a
-        telemetry message; anything else still goes through it.
+        telemetry message; anything else still goes through it. A packet that
+        does not parse raises :class:`ProtocolViolation`.
         """
-        event = split_event(data) if isinstance(data, str) and eio_sid not in self._binary_packet else None
-        if event is None:
+        try:
+            if isinstance(data, str):
+                event = split_event(data)
+                if event is not None:
+                    await self.handle_event(eio_sid, None, *event)
+                    return
+                if data[:1] in _BINARY_TYPES:
+                    await self._refuse_binary(eio_sid, data)
+                    return
+            elif self._dropping.get(eio_sid, 0) > 0:
+                self._dropping[eio_sid] -= 1
+                return
+            else:
+                raise ValueError("a binary frame that no packet announced")
             await super()._handle_eio_message(eio_sid, data)
-        else:
-            await self.handle_event(eio_sid, None, *event)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise ProtocolViolation(str(exc)[:200]) from None
+
+    async def _refuse_binary(self, eio_sid: str, text: str) -> None:
+        """Answer an event with attachments as :data:`BINARY` now, and drop its attachments as they come."""
+        announced = self.packet_class(encoded_packet=text)
+        self._dropping[eio_sid] = self._dropping.get(eio_sid, 0) + announced.attachment_count
+        if announced.packet_type == sio_packet.BINARY_EVENT:
+            await self.handle_event(eio_sid, announced.namespace, announced.id, BINARY)
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
         await self.handle_event(eio_sid, namespace, id, data)
+
+
+_BINARY_TYPES = (str(sio_packet.BINARY_EVENT), str(sio_packet.BINARY_ACK))
 
 
 def websocket_driver(

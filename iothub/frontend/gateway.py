@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 import socketio
+from aiohttp import web
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
@@ -38,6 +39,7 @@ from ..core.auth import Authenticator, Principal
 from ..core.commands import Register, Subscribe, Unsubscribe, ok
 from ..core.dataplane import DataPlane
 from ..core.errors import ErrorCode, ProtocolError
+from ..core.limits import AddressLimits, client_address
 from ..core.protocol import (
     Failure,
     HeartbeatEvent,
@@ -52,9 +54,9 @@ from ..core.protocol import (
 from ..core.ratelimit import TokenBucket
 from ..core.records import Commit
 from ..core.supervisor import Supervisor
-from .compat import SocketIOServer
+from .compat import BINARY, SocketIOServer
 from .packets import EventPacket, ack_text, event_text
-from .transport import FramedPacket, Pinger, create_route, websocket_class
+from .transport import BoundedQueue, FramedPacket, Pinger, ReadGate, refusal, refusal_log, routes, websocket_class
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +100,13 @@ class Manager(socketio.AsyncManager):
 class Session:
     """What the gateway knows of one connected socket."""
 
-    __slots__ = ("principal", "budget")
+    __slots__ = ("principal", "budget", "expiry")
 
-    def __init__(self, principal: Principal, budget: TokenBucket | None) -> None:
+    def __init__(self, principal: Principal, budget: TokenBucket | None, expiry: asyncio.TimerHandle | None) -> None:
         self.principal = principal
         self.budget = budget
+        #: The end of the socket when its token expires.
+        self.expiry = expiry
 
 
 class Gateway(SocketIOServer):
@@ -120,10 +124,26 @@ class Gateway(SocketIOServer):
             logger="socket.io" in debug or debug == "*",
             engineio_logger="engine" in debug or debug == "*",
         )
-        self.use_transport(websocket_class(settings.ws_compression), create_route)
+        self.use_transport(websocket_class(settings.ws_compression, self), routes(self))
         self.settings = settings
         self.authenticator = authenticator
+        self.limits = AddressLimits(
+            max_connections=settings.max_connections,
+            max_per_address=settings.max_connections_per_address,
+            rate_per_address=settings.connect_rate_per_address,
+            auth_failures=settings.auth_failures_per_address,
+            ban_seconds=settings.auth_ban_ms / 1000,
+        )
+        self.gate = ReadGate()
+        self.max_queued_bytes = settings.max_queued_bytes
+        #: Sockets cut off as too slow, and Engine.IO sessions closed for never sending Socket.IO's CONNECT.
+        self.cut_off = 0
+        self.connect_timeouts = 0
         self._sessions: dict[str, Session] = {}
+        #: Engine.IO session → the client's address, for the per-address counts.
+        self._addresses: dict[str, str] = {}
+        #: Closes under way (kept: a task nobody references may be collected).
+        self._closing: set[asyncio.Task[Any]] = set()
         self.on("connect", self._on_connect)
         self.on("disconnect", self._on_disconnect)
 
@@ -176,22 +196,88 @@ class Gateway(SocketIOServer):
 
     # ------------------------------------------------------------------ connections
 
-    def engine_socket_opened(self, socket: AsyncSocket) -> None:
-        """Pings on timers, not a task per ping."""
-        Pinger(socket)
+    # ------------------------------------------------------------------ the transport's guard
+
+    def address_of(self, request: web.BaseRequest) -> str:
+        """The client's address: the peer's, or X-Forwarded-For's when the peer is a trusted proxy."""
+        return client_address(request.remote, request.headers.get("X-Forwarded-For"), self.settings.proxies)
+
+    def admit(self, request: web.Request) -> web.StreamResponse | None:
+        """Whether a new Engine.IO session may open for this request's address (PROTOCOL.md, "Operations")."""
+        refused = self.limits.admit(self.address_of(request), time.monotonic())
+        if refused is None:
+            return None
+        response = refusal(refused.status, ErrorCode.RATE_LIMITED, refused.message)
+        if refused.status == 429:
+            response.headers["Retry-After"] = str(max(1, round(self.limits.banned_for(self.address_of(request), time.monotonic()))))
+        return response
+
+    def too_slow(self, socket: AsyncSocket) -> None:
+        if socket.closing or socket.closed:
+            return
+        self.cut_off += 1
+        refusal_log.warning("socket %s: more than %d bytes queued towards it: cut off as too slow", socket.sid, self.max_queued_bytes)
+        self._close_engine_socket(socket, socket.server.reason.TRANSPORT_ERROR)
+
+    def engine_socket_opened(self, socket: AsyncSocket, environ: dict[str, Any]) -> None:
+        """Count the session against its address; pings on timers; a deadline for Socket.IO's CONNECT."""
+        address = self.address_of(environ["aiohttp.request"])
+        self._addresses[socket.sid] = address
+        self.limits.opened(address)
+        if "transport=polling" in environ.get("QUERY_STRING", ""):
+            socket.queue = BoundedQueue.replacing(socket, self)
+        Pinger(socket, self.gate)
+        asyncio.get_running_loop().call_later(self.settings.connect_timeout_ms / 1000, self._connect_overdue, socket)
+
+    def engine_socket_closed(self, eio_sid: str) -> None:
+        address = self._addresses.pop(eio_sid, None)
+        if address is not None:
+            self.limits.closed(address)
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None:
+            socket.queue.put_nowait(None)  # a long-poll still held gets its answer now, not at its timeout
+
+    def _connect_overdue(self, socket: AsyncSocket) -> None:
+        """An Engine.IO session that has not sent Socket.IO's CONNECT in time is closed."""
+        if not socket.closing and not socket.closed and self.manager.sid_from_eio_sid(socket.sid, NAMESPACE) is None:
+            self.connect_timeouts += 1
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+            self._close_engine_socket(socket, socket.server.reason.TRANSPORT_CLOSE)
+
+    def _close_engine_socket(self, socket: AsyncSocket, reason: Any) -> None:
+        task = asyncio.ensure_future(socket.close(wait=False, abort=True, reason=reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # ------------------------------------------------------------------ Socket.IO sessions
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         try:
             principal = self.authenticator.for_socket(auth)
         except ProtocolError as error:
+            address = self._addresses.get(self.manager.eio_sid_from_sid(sid, NAMESPACE) or "")
+            if address is not None:
+                self.limits.auth_failed(address, time.monotonic())
             raise socketio.exceptions.ConnectionRefusedError(error.message, {"code": error.code}) from None
         rate = self.settings.rate_limit
         budget = TokenBucket(rate, self.settings.burst, time.monotonic()) if rate else None
-        self._sessions[sid] = Session(principal, budget)
+        expiry = None
+        if principal.expires is not None:
+            delay = principal.expires - time.time()
+            expiry = asyncio.get_running_loop().call_later(delay, self._token_expired, sid)
+        self._sessions[sid] = Session(principal, budget, expiry)
         self.plane.connect(sid)
 
+    def _token_expired(self, sid: str) -> None:
+        """A socket's token has expired: the socket ends (the client connects again with a fresh one)."""
+        task = asyncio.ensure_future(self.disconnect(sid))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
-        self._sessions.pop(sid, None)
+        session = self._sessions.pop(sid, None)
+        if session is not None and session.expiry is not None:
+            session.expiry.cancel()
         await self.supervisor.socket_closed(self.plane.disconnect(sid))
 
     # ------------------------------------------------------------------ events
@@ -237,7 +323,9 @@ class Gateway(SocketIOServer):
         if session.budget is not None and not session.budget.take(time.monotonic()):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "too many events: slow down")
         if not isinstance(data, str):
-            raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "binary payloads are not accepted")
+            if data is BINARY:
+                raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "binary payloads are not accepted")
+            raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "an event must be a JSON array starting with its name")
         limit = self.settings.max_payload_bytes
         if len(data) > limit // 4 and len(data.encode()) > limit:
             raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"an event may carry at most {limit} bytes")
@@ -255,6 +343,8 @@ class Gateway(SocketIOServer):
             case RegisterDeviceEvent(payload=message):
                 if not principal.may_register(message.imei):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not register {message.imei}")
+                if message.userEmail is not None and not principal.may_set_owner(message.userEmail):
+                    raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not make {message.userEmail} a device's owner")
                 registered = encode(ok(await self.supervisor.register(Register(plane.name, sid, message.imei, message.userEmail))))
                 if message.userEmail is not None and self.registry_committed is not None:
                     return event.reply_event, Deferred(registered, self.registry_committed())

@@ -17,6 +17,9 @@ from socketio import packet
 
 _encode_str = msgspec.json.Encoder().encode
 
+#: Clients number their acknowledgements from 0 up; an id longer than this is a malformed packet.
+MAX_ACK_ID_DIGITS = 10
+
 
 def _verbatim(text: str) -> str:
     return text
@@ -53,6 +56,8 @@ def split_event(text: str) -> tuple[int | None, str] | None:
     start = 1
     while text[start : start + 1].isdigit():
         start += 1
+    if start > MAX_ACK_ID_DIGITS + 1:
+        raise ValueError(f"an acknowledgement id of more than {MAX_ACK_ID_DIGITS} digits")
     return (int(text[1:start]) if start > 1 else None), text[start:]
 
 

@@ -21,7 +21,8 @@ import contextvars
 import logging
 import struct
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 from aiohttp.web import WebSocketResponse
@@ -29,9 +30,14 @@ from engineio import packet as eio_packet
 from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
+from ..core.errors import ErrorCode
+from ..core.protocol import Envelope, encode
+from ..core.ratelimit import RateLimitedLog
 from .compat import WebSocketDriver, websocket_driver
 
 log = logging.getLogger(__name__)
+#: Protocol errors and cut-off sockets, one line each, at most a few a second whatever a client sends.
+refusal_log = RateLimitedLog(log)
 
 _TEXT = 0x81
 _BINARY = 0x82
@@ -67,34 +73,149 @@ def frame_of(packet: eio_packet.Packet) -> bytes:
 PUMP = "iothub.pump"
 
 
-def websocket_class(compress: bool) -> WebSocketDriver:
+class ReadGate:
+    """Whether the server reads from its sockets now.
+
+    Closed while the write-behind is too far behind (``IOTHUB_MAX_BACKLOG_AGE_MS``):
+    no socket is read — a WebSocket's pump waits, a polling POST waits — so the
+    clients' TCP windows fill and they slow down, and what an acknowledgement
+    promises stays within a bounded loss window. Ping timeouts wait too: a
+    socket the server does not read cannot be judged silent.
+    """
+
+    __slots__ = ("paused", "_opened")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._opened: asyncio.Event | None = None
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self._opened is not None:
+            self._opened.set()
+            self._opened = None
+
+    async def wait(self) -> None:
+        while self.paused:
+            if self._opened is None:
+                self._opened = asyncio.Event()
+            await self._opened.wait()
+
+
+class Guard(Protocol):
+    """What the transport asks of the front end about admission and limits."""
+
+    gate: ReadGate
+    #: Bytes a socket may have queued towards it before it is cut off as too slow.
+    max_queued_bytes: int
+
+    def admit(self, request: web.Request) -> web.StreamResponse | None:
+        """None when a new Engine.IO session may open; else the refusal to answer with."""
+        ...
+
+    def too_slow(self, socket: AsyncSocket) -> None:
+        """The socket let more than ``max_queued_bytes`` pile up: count it, close it."""
+        ...
+
+
+def refusal(status: int, code: ErrorCode, message: str) -> web.Response:
+    """PROTOCOL.md's envelope, for a request the transport refuses; the connection closes after it."""
+    response = web.Response(
+        body=encode(Envelope(success=False, message=message, code=code)), status=status, content_type="application/json"
+    )
+    response.force_close()
+    return response
+
+
+def websocket_class(compress: bool, guard: Guard) -> WebSocketDriver:
     """Engine.IO's WebSocket driver with this module's pump, compression on or off.
 
     The driver only opens the WebSocket and leaves the pump on the request: the
-    pump runs in the route's handler (:func:`create_route`) once Engine.IO's
+    pump runs in the route's handler (:func:`routes`) once Engine.IO's
     handshake frames have returned, so that they and their locals are not kept
     for the socket's life.
     """
 
     def open_pump(socket: AsyncSocket, ws: WebSocketResponse, request: web.Request) -> None:
-        request[PUMP] = Pump(socket, ws, request, compress)
+        request[PUMP] = Pump(socket, ws, request, compress, guard)
 
     return websocket_driver(open_pump, compress)
 
 
-def create_route(app: web.Application, server: AsyncServer, endpoint: str) -> None:
-    """Engine.IO's routes; a GET that opened a WebSocket then runs its pump here."""
+def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
+    """Engine.IO's routes, as python-engineio's ``create_route`` adds them, with the front end's guard.
 
-    async def get(request: web.Request) -> web.StreamResponse:
-        response = await server.handle_request(request)
-        pump = request.get(PUMP)
-        if pump is not None:
-            await pump.run()
-        return response
+    A request that would open a session is admitted first (per-address
+    limits). A POST longer than the largest payload is answered 413 at once,
+    before its body is read, and its connection closed. A GET that opened a
+    WebSocket then runs its pump here.
+    """
 
-    app.router.add_get(endpoint, get)
-    app.router.add_post(endpoint, server.handle_request)
-    app.router.add_route("OPTIONS", endpoint, server.handle_request)
+    def create_route(app: web.Application, server: AsyncServer, endpoint: str) -> None:
+        async def get(request: web.Request) -> web.StreamResponse:
+            if "sid" not in request.query:
+                refused = guard.admit(request)
+                if refused is not None:
+                    return refused
+            response = await server.handle_request(request)
+            pump = request.get(PUMP)
+            if pump is not None:
+                await pump.run()
+            return response
+
+        async def post(request: web.Request) -> web.StreamResponse:
+            length = request.content_length
+            if length is None:
+                return refusal(411, ErrorCode.INVALID_PAYLOAD, "a polling POST needs a Content-Length")
+            if length > server.max_http_buffer_size:
+                return refusal(413, ErrorCode.PAYLOAD_TOO_LARGE, f"a polling POST may carry at most {server.max_http_buffer_size} bytes")
+            if guard.gate.paused:
+                await guard.gate.wait()
+            return await server.handle_request(request)
+
+        app.router.add_get(endpoint, get)
+        app.router.add_post(endpoint, post)
+        app.router.add_route("OPTIONS", endpoint, server.handle_request)
+
+    return create_route
+
+
+class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
+    """A polling socket's queue that counts the bytes it holds and calls for a cut-off past its limit.
+
+    A long-polling client that stops polling would otherwise make the server
+    keep every packet for it.
+    """
+
+    def __init__(self, socket: AsyncSocket, guard: Guard) -> None:
+        super().__init__()
+        self.socket = socket
+        self.guard = guard
+        self.size = 0
+
+    @classmethod
+    def replacing(cls, socket: AsyncSocket, guard: Guard) -> BoundedQueue:
+        """The socket's new queue, holding what the old one held (Engine.IO's OPEN packet among it)."""
+        bounded, old = cls(socket, guard), socket.queue
+        while not old.empty():
+            bounded.put_nowait(old.get_nowait())
+        return bounded
+
+    def _put(self, item: eio_packet.Packet | None) -> None:
+        if item is not None:
+            if self.size > self.guard.max_queued_bytes:  # one packet always fits, however large
+                self.guard.too_slow(self.socket)
+            self.size += len(item.data) if isinstance(item.data, str | bytes) else 1
+        super()._put(item)
+
+    def _get(self) -> eio_packet.Packet | None:
+        item = super()._get()
+        if item is not None:
+            self.size -= len(item.data) if isinstance(item.data, str | bytes) else 1
+        return item
 
 
 class Pump:
@@ -105,14 +226,17 @@ class Pump:
     socket's queue.
     """
 
-    __slots__ = ("socket", "server", "ws", "transport", "compress", "_loop", "_pending", "_closing", "_closer", "_sent")
+    __slots__ = (
+        "socket", "server", "ws", "transport", "compress", "guard", "_loop", "_pending", "_closing", "_closer", "_sent", "_unsent",
+    )  # fmt: skip
 
-    def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool) -> None:
+    def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool, guard: Guard) -> None:
         self.socket = socket
         self.server = socket.server
         self.ws = ws
         self.transport = request.transport
         self.compress = compress
+        self.guard = guard
         self._loop = asyncio.get_running_loop()
         #: Frames (or, compressed, texts) waiting for the end of this loop iteration.
         self._pending: list[Any] = []
@@ -121,6 +245,8 @@ class Pump:
         #: The WebSocket's closing handshake, once started (kept: a task nobody references may be collected).
         self._closer: asyncio.Future[None] | None = None
         self._sent: asyncio.Future[None] | None = None
+        #: Compressed: the bytes of texts handed to aiohttp's sends and not yet sent.
+        self._unsent = 0
 
     async def run(self) -> None:
         socket = self.socket
@@ -169,12 +295,16 @@ class Pump:
             socket.upgrading = False
 
     async def _read(self) -> None:
+        """Hand each message to Socket.IO, in order; a frame that does not parse ends the socket."""
         socket = self.socket
         sid = socket.sid
         on_message = self.server.handlers["message"]
         limit = self.server.max_http_buffer_size
         receive = self.ws.receive
+        gate = self.guard.gate
         while True:
+            if gate.paused:
+                await gate.wait()
             message = await receive()
             if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
                 data = message.data
@@ -187,8 +317,9 @@ class Pump:
                     await on_message(sid, data[1:])
                 else:
                     await socket.receive(eio_packet.Packet(encoded_packet=data))
-            except Exception:
-                log.exception("socket %s: a message failed", sid)
+            except Exception as exc:  # the libraries' parsers raise all sorts on malformed input
+                refusal_log.warning("socket %s: protocol error, closed: %s", sid, _one_line(exc))
+                return
             if socket.closed:
                 return
 
@@ -214,10 +345,17 @@ class Pump:
         pending, self._pending = self._pending, []
         transport = self.transport
         if pending and transport is not None and not transport.is_closing():
+            # What was still queued before this turn's frames: one turn's frames always go, however large.
             if self.compress:
+                queued = self._unsent
+                self._unsent += sum(map(len, pending))
                 self._sent = asyncio.ensure_future(self._send_compressed(self._sent, pending))
             else:
+                queued = transport.get_write_buffer_size()
                 transport.write(b"".join(pending))
+            if queued > self.guard.max_queued_bytes:
+                self.guard.too_slow(self.socket)
+                transport.abort()
         if self._closing and self._closer is None:
             self._closer = asyncio.ensure_future(self._close_ws())
 
@@ -231,6 +369,7 @@ class Pump:
         try:
             for text in texts:
                 await (self.ws.send_str(text) if isinstance(text, str) else self.ws.send_bytes(text))
+                self._unsent -= len(text)
         except (ConnectionError, RuntimeError):
             pass
 
@@ -245,13 +384,14 @@ class Pinger:
     WebSocket; a held poll returns it) before Engine.IO closes the session.
     """
 
-    __slots__ = ("socket", "_loop", "_expiry", "_closer")
+    __slots__ = ("socket", "gate", "_loop", "_expiry", "_closer")
 
     #: Timers run their callbacks in a context; pings need none, so all share one.
     _context = contextvars.Context()
 
-    def __init__(self, socket: AsyncSocket) -> None:
+    def __init__(self, socket: AsyncSocket, gate: ReadGate) -> None:
         self.socket = socket
+        self.gate = gate
         self._loop = asyncio.get_running_loop()
         self._expiry: asyncio.TimerHandle | None = None
         #: The session's close after a ping timeout (kept: a task nobody references may be collected).
@@ -276,6 +416,13 @@ class Pinger:
     def _expire(self) -> None:
         socket = self.socket
         self._expiry = None
+        if self.gate.paused:  # the server is not reading: the answer may be waiting unread
+            self._expiry = self._loop.call_later(socket.server.ping_timeout, self._expire, context=self._context)
+            return
         if not socket.closing and not socket.closed:
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
             self._closer = asyncio.ensure_future(socket.close(wait=False, abort=True, reason=socket.server.reason.PING_TIMEOUT))
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}".replace("\n", " ")

@@ -8,6 +8,7 @@ envelope with ``code`` and the matching status, never a stack trace.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp import web
 from ..core.auth import Principal
 from ..core.commands import Broadcast, SendToDevice, SendToUser, ok
 from ..core.errors import ErrorCode, ProtocolError
+from ..core.limits import client_address
 from ..core.protocol import Connections, DirectedMessage, Email, Envelope, Imei, encode, validation_error
 from .services import SERVICES
 
@@ -27,7 +29,7 @@ SOCKETIO_PATH = "/socket.io"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _HTTP_CODES = {400: ErrorCode.INVALID_PAYLOAD, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
-               404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_PAYLOAD, 413: ErrorCode.PAYLOAD_TOO_LARGE,
+               404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.PAYLOAD_TOO_LARGE,
                429: ErrorCode.RATE_LIMITED}
 _decode_message = msgspec.json.Decoder(DirectedMessage).decode
 _check_imei = msgspec.json.Decoder(Imei).decode
@@ -62,6 +64,21 @@ def rest_only(middleware: Callable[[web.Request, Handler], Awaitable[web.StreamR
         return middleware(request, handler)
 
     return middleware_or_socketio
+
+
+async def address_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse an address banned for failed authentications; count this request's failure if it is one."""
+    services = request.app[SERVICES]
+    address = client_address(request.remote, request.headers.get("X-Forwarded-For"), services.proxies)
+    banned_for = services.limits.banned_for(address, time.monotonic())
+    if banned_for:
+        refused = failure(ErrorCode.RATE_LIMITED, "this address failed to authenticate too often; retry later", 429)
+        refused.headers["Retry-After"] = str(max(1, round(banned_for)))
+        return refused
+    response = await handler(request)
+    if response.status == 401:
+        services.limits.auth_failed(address, time.monotonic())
+    return response
 
 
 async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -195,11 +212,11 @@ def _payload(message: DirectedMessage) -> bytes | None:
     return None if message.data is msgspec.UNSET else bytes(message.data)
 
 
-def cors(origins: list[str] | str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """CORS for the REST API (Socket.IO's own path answers CORS itself)."""
+def cors(origins: list[str] | str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """CORS for the REST API (Socket.IO's own path answers CORS itself); None: the server's own origin only."""
 
     def allowed(origin: str | None) -> str | None:
-        if origin is None:
+        if origin is None or origins is None:
             return None
         return "*" if origins == "*" else (origin if origin in origins else None)
 

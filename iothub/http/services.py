@@ -15,6 +15,7 @@ from aiohttp import web
 from ..core.alerts import EvaluatorKind
 from ..core.auth import Authenticator
 from ..core.dataplane import DataPlane
+from ..core.limits import AddressLimits
 from ..core.supervisor import Supervisor
 from ..persistence.store import Store
 from ..persistence.writebehind import WriteBehind
@@ -29,6 +30,10 @@ class Services:
     write_behind: WriteBehind
     store: Store
     evaluator: EvaluatorKind
+    #: Per-address limits: REST counts failed authentications there, and refuses banned addresses.
+    limits: AddressLimits
+    #: Trusted proxies, whose X-Forwarded-For names the client.
+    proxies: tuple[str, ...] = ()
     started: float = field(default_factory=time.monotonic)
 
     @property

@@ -67,6 +67,9 @@ class Tally:
         self.ack_latency_ns: list[int] = []
         self.acked_per_second: Counter[int] = Counter()
 
+    def line(self) -> str:
+        return f"sent {self.sent}, acknowledged {self.acked}, refused {self.failed}, alerts {sum(self.alerts_sent.values())}"
+
 
 class Device:
     def __init__(
@@ -193,39 +196,62 @@ async def start_all(members: list[Any], concurrency: int, auth: dict[str, Any] |
     await asyncio.gather(*(start(member) for member in members))
 
 
-async def simulate(url: str, devices: int, rate: float, duration: float | None, token: str | None = None) -> None:
-    """``iothub simulate``: a fleet sending ``rate`` messages a second in all, until stopped."""
+async def simulate(
+    url: str, devices: int, rate: float, duration: float | None, token: str | None = None, owners: int | None = None
+) -> Tally:
+    """``iothub simulate``: a fleet sending ``rate`` messages a second in all, for ``duration`` seconds or until
+    stopped; a tally every five seconds and one at the end. ``owners`` (default: one per ten devices, at least
+    one) are ``owner0@fleet.example`` and up, devices dealt out to them in turn."""
     rng = random.Random()
     tally = Tally()
     auth = {"token": token} if token else None
-    owners = max(1, devices // 10)
+    owners = owners or max(1, devices // 10)
     async with aiohttp.ClientSession() as session:
         fleet = [Device(session, url, index, owners, tally, rng) for index in range(devices)]
         await start_all(fleet, 100, auth)
         print(f"{devices} devices registered on {url}; owners owner0..owner{owners - 1}@fleet.example", flush=True)
         period = devices / rate
         started = time.monotonic()
-        heartbeat_at = started + 30
+        deadline = None if duration is None else started + duration
+
+        def left() -> float:
+            return float("inf") if deadline is None else deadline - time.monotonic()
 
         async def run(device: Device) -> None:
-            await asyncio.sleep(rng.uniform(0, period))
-            while duration is None or time.monotonic() - started < duration:
+            await asyncio.sleep(min(rng.uniform(0, period), max(0.0, left())))
+            while left() > 0:
                 device.send()
-                await asyncio.sleep(period)
+                await asyncio.sleep(min(period, max(0.0, left())))
 
         async def report() -> None:
-            nonlocal heartbeat_at
+            heartbeat_at = started + HEARTBEAT_EVERY_S
             while True:
                 await asyncio.sleep(5)
                 if time.monotonic() >= heartbeat_at:
                     for device in fleet:
                         device.heartbeat()
-                    heartbeat_at += 30
-                print(f"sent {tally.sent}, acknowledged {tally.acked}, refused {tally.failed}, alerts {sum(tally.alerts_sent.values())}", flush=True)
+                    heartbeat_at += HEARTBEAT_EVERY_S
+                print(tally.line(), flush=True)
 
         reporter = asyncio.create_task(report())
         try:
             await asyncio.gather(*(run(device) for device in fleet))
+            await _answered(tally, timeout=2.0)
         finally:
             reporter.cancel()
             await asyncio.gather(*(device.client.close() for device in fleet))
+            print(tally.line(), flush=True)
+    return tally
+
+
+#: How often the simulated devices send a heartbeat besides their telemetry.
+HEARTBEAT_EVERY_S = 30
+
+
+async def _answered(tally: Tally, timeout: float) -> None:
+    """Wait, bounded, for the replies to what was sent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tally.acked + tally.failed >= tally.sent:
+            return
+        await asyncio.sleep(0.05)

@@ -18,10 +18,10 @@ import base64
 import binascii
 import logging
 from collections.abc import Awaitable, Collection, Iterable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Annotated, Generic, Protocol, TypeVar
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from ..core.errors import ErrorCode, ProtocolError
 from ..core.records import AlertRecord, Registry, TelemetryRecord
@@ -88,9 +88,13 @@ class InvalidCursor(ValueError):
     """A cursor this store did not hand out."""
 
 
+#: What a store's 64-bit columns hold: a cursor outside it was never handed out.
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class _Position(Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    timestamp: int
-    key: int | str
+    timestamp: Int64
+    key: Int64 | Annotated[str, Meta(max_length=64)]
 
 
 _encode_position = msgspec.json.Encoder().encode
@@ -105,7 +109,7 @@ def decode_cursor(cursor: str, key_type: type[int] | type[str]) -> tuple[int, in
     """The (timestamp, key) a cursor encodes; :class:`InvalidCursor` if it is not one of ``key_type``."""
     try:
         position = _decode_position(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error, msgspec.DecodeError):
+    except (ValueError, binascii.Error, msgspec.DecodeError):  # msgspec.ValidationError is a ValueError
         raise InvalidCursor(cursor) from None
     if type(position.key) is not key_type:
         raise InvalidCursor(cursor)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from ..core.errors import ErrorCode, ProtocolError
@@ -44,13 +45,15 @@ RETRY_MAX_S = 2.0
 class Batch:
     """Rows committed together, and the future of their commit."""
 
-    __slots__ = ("telemetry", "alerts", "owners", "_committed")
+    __slots__ = ("telemetry", "alerts", "owners", "started", "_committed")
 
     def __init__(self) -> None:
         self.telemetry: list[TelemetryRecord] = []
         self.alerts: list[AlertRecord] = []
         #: imei → owner e-mail; a later change in the same batch replaces an earlier one.
         self.owners: dict[str, str] = {}
+        #: When its first row was taken (time.monotonic), for the age of the backlog.
+        self.started: float | None = None
         self._committed: asyncio.Future[None] | None = None
 
     @property
@@ -107,6 +110,8 @@ class WriteBehind:
         batch = self._open
         if len(batch.telemetry) >= self.batch_rows:
             batch = self._cut()
+        if batch.started is None:
+            batch.started = time.monotonic()
         batch.telemetry.append(record)
         self.backlog += 1
         if len(batch.telemetry) >= self.batch_rows:
@@ -127,12 +132,19 @@ class WriteBehind:
         done.set_result(None)
         return done
 
+    def backlog_age(self, now: float) -> float:
+        """Seconds since the oldest row not yet committed was taken (0: none waits); ``now`` is time.monotonic()."""
+        oldest = self._queue[0] if self._queue else self._open
+        return now - oldest.started if oldest.started is not None else 0.0
+
     # ------------------------------------------------------------------ Registry
 
     async def set_owner(self, imei: str, email: str) -> None:
         """Write the owner behind; refused only at shutdown (a row per registration, one per device at most)."""
         self._check_accepting()
         batch = self._open
+        if batch.started is None:
+            batch.started = time.monotonic()
         if imei not in batch.owners:
             self.backlog += 1
         batch.owners[imei] = email

@@ -84,7 +84,7 @@ async def test_device_token_registers_only_its_own_imei(production, open_client,
     own, other, owner = imei(), imei(), email()
     dashboard = await open_client(production.url, token=production.token(owner, "user"))
     await dashboard.subscribe(owner)
-    device = await open_client(production.url, token=production.token("device@example.com", "device", own))
+    device = await open_client(production.url, token=production.token(owner, "device", own))  # the owner's own device
 
     reply = await device.reply(style, "register_device", {"imei": own, "userEmail": owner})
     assert reply == {"success": True, "imei": own, "message": "Device registered successfully"}
@@ -116,7 +116,7 @@ async def test_user_token_subscribes_only_its_own_email(production, open_client,
 
 async def test_forbidden_subscription_gets_no_updates(production, open_client, imei, email):
     victim = email()
-    device = await open_client(production.url, token=production.token("d@example.com", "device", box := imei()))
+    device = await open_client(production.url, token=production.token(victim, "device", box := imei()))
     await device.register(box, victim)
     snoop = await open_client(production.url, token=production.token(email(), "user"))
     assert_failure(await snoop.call("subscribe_user", {"email": victim}), "FORBIDDEN")

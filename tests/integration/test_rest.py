@@ -339,7 +339,7 @@ async def test_body_over_max_payload(in_process, http):
 async def test_unknown_route(in_process, http, method, path, status):
     server = await in_process()
     response = await rest(http, method, server.url + path, headers=server.admin_headers)
-    assert_envelope_failure(response, status, "NOT_FOUND" if status == 404 else "INVALID_PAYLOAD")
+    assert_envelope_failure(response, status, "NOT_FOUND" if status == 404 else "METHOD_NOT_ALLOWED")
 
 
 # --------------------------------------------------------------------------- the token command

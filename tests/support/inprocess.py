@@ -16,7 +16,7 @@ from iothub.app import Hub
 from iothub.config import Settings
 from iothub.core.auth import Authenticator, Role
 
-from .server import TEST_SECRET
+from .server import TEST_SECRET, UNLIMITED_ADDRESSES
 
 
 class InProcessServer:
@@ -37,7 +37,9 @@ class InProcessServer:
 @asynccontextmanager
 async def serve_in_process(**env: str) -> AsyncIterator[InProcessServer]:
     """Serve the application with ``env`` (environment variables) over a test configuration."""
-    settings = Settings.load({"JWT_SECRET": TEST_SECRET, "IOTHUB_ENV": "development", "IOTHUB_STORE": "memory", **env})
+    settings = Settings.load(
+        {"JWT_SECRET": TEST_SECRET, "IOTHUB_ENV": "development", "IOTHUB_STORE": "memory", **UNLIMITED_ADDRESSES, **env}
+    )
     hub = Hub(settings)
     served = TestServer(hub.application(), host="127.0.0.1")
     await served.start_server()

@@ -8,8 +8,10 @@ from iothub.core.auth import Authenticator, Role
 from iothub.loadgen.servers import ServerProcess, free_port
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-production-0123456789"
+#: Tests open many sockets at once from one address: no per-address limits, unless a test sets its own.
+UNLIMITED_ADDRESSES = {"IOTHUB_MAX_CONNECTIONS_PER_ADDRESS": "0", "IOTHUB_CONNECT_RATE_PER_ADDRESS": "0", "IOTHUB_AUTH_FAILURES_PER_ADDRESS": "0"}
 
-__all__ = ["TEST_SECRET", "RunningServer", "free_port", "start_server"]
+__all__ = ["TEST_SECRET", "UNLIMITED_ADDRESSES", "RunningServer", "free_port", "start_server"]
 
 
 class RunningServer(ServerProcess):
@@ -32,6 +34,7 @@ def start_server(log_dir: Path, port: int | None = None, **env: str) -> RunningS
         "JWT_SECRET": TEST_SECRET,
         "IOTHUB_ENV": "development",
         "IOTHUB_DB_PATH": str(log_dir / "iothub.db"),  # never in the repository
+        **UNLIMITED_ADDRESSES,
         **env,
     }
     return RunningServer(port=port, env=environment, log_path=log_dir / f"server-{port}.log")

@@ -12,7 +12,7 @@ from iothub.config import ConfigError, Settings
 from iothub.core.auth import DEVELOPMENT_SECRET
 from iothub.core.rules import DEFAULT_RULES
 
-STRONG_SECRET = "k3y-" + "x" * 40
+STRONG_SECRET = "k3y-7Qw9-Lm2x-Pz8r-Vb4n-Hd6s-Jf1t-Gc5y-0Ae3"
 PRODUCTION = {"NODE_ENV": "production", "JWT_SECRET": STRONG_SECRET}
 
 
@@ -83,7 +83,7 @@ def test_node_env_is_respected_and_iothub_env_overrides_it(environ: dict[str, st
 
 @pytest.mark.parametrize(
     "secret",
-    [None, "", "short", "x" * 31, "your_jwt_secret", "YOUR_JWT_SECRET", "changeme", DEVELOPMENT_SECRET],
+    [None, "", "short", "x" * 31, "your_jwt_secret", "YOUR_JWT_SECRET", "changeme", DEVELOPMENT_SECRET, "secret" * 6, "x" * 40, "abcdefg" * 6],
 )
 def test_production_refuses_a_missing_short_or_example_secret(secret: str | None) -> None:
     environ = {"NODE_ENV": "production"} if secret is None else {"NODE_ENV": "production", "JWT_SECRET": secret}
@@ -178,14 +178,14 @@ def test_missing_rules_file_is_a_config_error(tmp_path: Path) -> None:
     ("environ", "origins"),
     [
         ({}, "*"),
-        (PRODUCTION, []),
+        (PRODUCTION, None),
         ({"FRONTEND_URL": "https://dash.example.com/"}, ["https://dash.example.com"]),
         (
             {**PRODUCTION, "FRONTEND_URL": " https://a.example.com , https://b.example.com/,, "},
             ["https://a.example.com", "https://b.example.com"],
         ),
     ],
-    ids=["development allows any", "production allows none", "trailing slash dropped", "comma-separated list"],
+    ids=["development allows any", "production allows its own origin only", "trailing slash dropped", "comma-separated list"],
 )
-def test_cors_origins(environ: dict[str, str], origins: list[str] | str) -> None:
+def test_cors_origins(environ: dict[str, str], origins: list[str] | str | None) -> None:
     assert Settings.load(environ).cors_origins == origins

@@ -298,9 +298,10 @@ def test_bad_timestamp_is_invalid_payload(timestamp: Any) -> None:
         (b'"heartbeat"', "an event must be a JSON array starting with its name"),
         (b"[]", "an event must be a JSON array starting with its name"),
         (b'[5, {"imei": "356938035643809"}]', "an event must be a JSON array starting with its name"),
-        (b'["heartbeat", {"imei": "356938035643809"}', "an event must be a JSON array starting with its name"),
-        (b"", "an event must be a JSON array starting with its name"),
-        (b"\xff\xfe", "an event must be a JSON array starting with its name"),
+        (b'["heartbeat", {"imei": "356938035643809"}', "the event is not valid JSON (Input data was truncated)"),
+        (b"", "the event is not valid JSON (Input data was truncated)"),
+        (b"\xff\xfe", "the event is not valid JSON (invalid character)"),
+        (b'["telemetry_data", NaN]', "the event is not valid JSON (invalid character)"),
     ],
 )
 def test_not_an_event_is_invalid_payload(text: bytes, message: str) -> None:
