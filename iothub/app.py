@@ -41,6 +41,9 @@ REQUEST_GRACE_S = 5.0
 #: The longest request line or header aiohttp reads (its default is 8 KiB): an oversized token then
 #: reaches authentication and gets the 401 envelope, not aiohttp's plain-text 400.
 MAX_HEADER_BYTES = 128 * 1024
+#: How long a connection refused before its body was read (a 413) may go on sending it before it is
+#: closed (aiohttp's default is 10 s of reading whatever comes).
+LINGER_S = 1.0
 #: How often the age of the write-behind's backlog is checked.
 BACKLOG_CHECK_S = 0.05
 #: The one gateway's name in the supervisor's tables.

@@ -88,7 +88,7 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(overrides: dict[str, str | None]) -> int:
-    from .app import MAX_HEADER_BYTES, REQUEST_GRACE_S, Hub
+    from .app import LINGER_S, MAX_HEADER_BYTES, REQUEST_GRACE_S, Hub
 
     settings = Settings.load(None, **overrides)
     logging.basicConfig(
@@ -106,6 +106,7 @@ def serve(overrides: dict[str, str | None]) -> int:
         shutdown_timeout=REQUEST_GRACE_S,
         max_line_size=MAX_HEADER_BYTES,
         max_field_size=MAX_HEADER_BYTES,
+        lingering_time=LINGER_S,
     )
     return 1 if hub.lost else 0  # rows the store never took: say so to whatever restarts the server
 

@@ -195,6 +195,8 @@ class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
         self.socket = socket
         self.guard = guard
         self.size = 0
+        #: Past the limit: the socket is being cut off, and nothing more is kept for it.
+        self.overflowed = False
 
     @classmethod
     def replacing(cls, socket: AsyncSocket, guard: Guard) -> BoundedQueue:
@@ -206,8 +208,12 @@ class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
 
     def _put(self, item: eio_packet.Packet | None) -> None:
         if item is not None:
+            if self.overflowed:
+                return
             if self.size > self.guard.max_queued_bytes:  # one packet always fits, however large
+                self.overflowed = True
                 self.guard.too_slow(self.socket)
+                return
             self.size += len(item.data) if isinstance(item.data, str | bytes) else 1
         super()._put(item)
 
@@ -315,6 +321,8 @@ class Pump:
             try:
                 if data[:1] == "4":
                     await on_message(sid, data[1:])
+                elif isinstance(data, bytes):  # a binary message: an attachment, in order, not in a task of its own
+                    await on_message(sid, data)
                 else:
                     await socket.receive(eio_packet.Packet(encoded_packet=data))
             except Exception as exc:  # the libraries' parsers raise all sorts on malformed input
@@ -416,8 +424,8 @@ class Pinger:
     def _expire(self) -> None:
         socket = self.socket
         self._expiry = None
-        if self.gate.paused:  # the server is not reading: the answer may be waiting unread
-            self._expiry = self._loop.call_later(socket.server.ping_timeout, self._expire, context=self._context)
+        if self.gate.paused:  # the server is not reading: the answer may be waiting unread. Ping again, so
+            self._ping()  # that the client, which times out a server that stops pinging, stays too.
             return
         if not socket.closing and not socket.closed:
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
