@@ -189,3 +189,27 @@ def test_missing_rules_file_is_a_config_error(tmp_path: Path) -> None:
 )
 def test_cors_origins(environ: dict[str, str], origins: list[str] | str | None) -> None:
     assert Settings.load(environ).cors_origins == origins
+
+
+@pytest.mark.parametrize(
+    ("environ", "host"),
+    [({}, "127.0.0.1"), (PRODUCTION, "0.0.0.0"), ({"HOST": "0.0.0.0"}, "0.0.0.0"), ({**PRODUCTION, "HOST": "10.1.2.3"}, "10.1.2.3")],
+    ids=["development: loopback", "production: every interface", "HOST wins", "HOST wins in production"],
+)
+def test_the_bind_address_is_safe_by_default(environ: dict[str, str], host: str) -> None:
+    assert Settings.load(environ).bind_host == host
+
+
+@pytest.mark.parametrize("proxy", ["not-an-ip", "10.0.0.0/33"])
+def test_a_trusted_proxy_must_be_an_address_or_a_network(proxy: str) -> None:
+    with pytest.raises(ConfigError, match="IOTHUB_TRUSTED_PROXIES"):
+        Settings.load({"IOTHUB_TRUSTED_PROXIES": f"127.0.0.1, {proxy}"})
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["IOTHUB_MAX_QUEUED_BYTES", "IOTHUB_CONNECT_TIMEOUT_MS", "IOTHUB_MAX_BACKLOG_AGE_MS", "IOTHUB_AUTH_BAN_MS"],
+)
+def test_the_new_limits_must_be_positive(variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.load({variable: "0"})
