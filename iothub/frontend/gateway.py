@@ -97,6 +97,18 @@ class Manager(socketio.AsyncManager):
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
 
 
+class EngineSession:
+    """What the gateway keeps of an Engine.IO session: its client's address, its deadline for Socket.IO's
+    CONNECT, and its pings — all let go of when the session ends."""
+
+    __slots__ = ("address", "deadline", "pinger")
+
+    def __init__(self, address: str, deadline: asyncio.TimerHandle, pinger: Pinger) -> None:
+        self.address = address
+        self.deadline = deadline
+        self.pinger = pinger
+
+
 class Session:
     """What the gateway knows of one connected socket."""
 
@@ -140,8 +152,7 @@ class Gateway(SocketIOServer):
         self.cut_off = 0
         self.connect_timeouts = 0
         self._sessions: dict[str, Session] = {}
-        #: Engine.IO session → the client's address, for the per-address counts.
-        self._addresses: dict[str, str] = {}
+        self._engine_sessions: dict[str, EngineSession] = {}
         #: Closes under way (kept: a task nobody references may be collected).
         self._closing: set[asyncio.Task[Any]] = set()
         self.on("connect", self._on_connect)
@@ -222,17 +233,18 @@ class Gateway(SocketIOServer):
     def engine_socket_opened(self, socket: AsyncSocket, environ: dict[str, Any]) -> None:
         """Count the session against its address; pings on timers; a deadline for Socket.IO's CONNECT."""
         address = self.address_of(environ["aiohttp.request"])
-        self._addresses[socket.sid] = address
         self.limits.opened(address)
         if "transport=polling" in environ.get("QUERY_STRING", ""):
             socket.queue = BoundedQueue.replacing(socket, self)
-        Pinger(socket, self.gate)
-        asyncio.get_running_loop().call_later(self.settings.connect_timeout_ms / 1000, self._connect_overdue, socket)
+        deadline = asyncio.get_running_loop().call_later(self.settings.connect_timeout_ms / 1000, self._connect_overdue, socket)
+        self._engine_sessions[socket.sid] = EngineSession(address, deadline, Pinger(socket, self.gate))
 
     def engine_socket_closed(self, eio_sid: str) -> None:
-        address = self._addresses.pop(eio_sid, None)
-        if address is not None:
-            self.limits.closed(address)
+        session = self._engine_sessions.pop(eio_sid, None)
+        if session is not None:
+            session.deadline.cancel()
+            session.pinger.stop()
+            self.limits.closed(session.address)
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None:
             socket.queue.put_nowait(None)  # a long-poll still held gets its answer now, not at its timeout
@@ -252,13 +264,15 @@ class Gateway(SocketIOServer):
     # ------------------------------------------------------------------ Socket.IO sessions
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        engine_session = self._engine_sessions.get(self.manager.eio_sid_from_sid(sid, NAMESPACE) or "")
         try:
             principal = self.authenticator.for_socket(auth)
         except ProtocolError as error:
-            address = self._addresses.get(self.manager.eio_sid_from_sid(sid, NAMESPACE) or "")
-            if address is not None:
-                self.limits.auth_failed(address, time.monotonic())
+            if engine_session is not None:
+                self.limits.auth_failed(engine_session.address, time.monotonic())
             raise socketio.exceptions.ConnectionRefusedError(error.message, {"code": error.code}) from None
+        if engine_session is not None:
+            engine_session.deadline.cancel()
         rate = self.settings.rate_limit
         budget = TokenBucket(rate, self.settings.burst, time.monotonic()) if rate else None
         expiry = None

@@ -392,7 +392,7 @@ class Pinger:
     WebSocket; a held poll returns it) before Engine.IO closes the session.
     """
 
-    __slots__ = ("socket", "gate", "_loop", "_expiry", "_closer")
+    __slots__ = ("socket", "gate", "_loop", "_next", "_expiry", "_closer")
 
     #: Timers run their callbacks in a context; pings need none, so all share one.
     _context = contextvars.Context()
@@ -401,6 +401,7 @@ class Pinger:
         self.socket = socket
         self.gate = gate
         self._loop = asyncio.get_running_loop()
+        self._next: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
         #: The session's close after a ping timeout (kept: a task nobody references may be collected).
         self._closer: asyncio.Future[None] | None = None
@@ -412,7 +413,14 @@ class Pinger:
             self._expiry = None
         if self.socket.last_ping:
             self.socket.last_ping = None
-            self._loop.call_later(self.socket.server.ping_interval, self._ping, context=self._context)
+            self._next = self._loop.call_later(self.socket.server.ping_interval, self._ping, context=self._context)
+
+    def stop(self) -> None:
+        """The session is over: its timers go now, and with them what they kept alive."""
+        for timer in (self._next, self._expiry):
+            if timer is not None:
+                timer.cancel()
+        self._next = self._expiry = None
 
     def _ping(self) -> None:
         socket = self.socket
