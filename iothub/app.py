@@ -85,7 +85,7 @@ class Hub:
         """The startup line: where it listens, which store, which evaluator."""
         s = self.settings
         return (
-            f"iothub listening on http://{s.host}:{s.port} "
+            f"iothub listening on {'https' if s.tls_cert else 'http'}://{s.host}:{s.port} "
             f"(env {s.env}, store {self.store.name}, alert evaluator {self.engine.kind})"
         )
 

@@ -35,6 +35,8 @@ class ConfigError(ValueError):
 class Settings(Struct, frozen=True, kw_only=True):
     host: str = "0.0.0.0"
     port: int = 6162
+    tls_cert: str | None = None
+    tls_key: str | None = None
     env: Environment = "development"
     jwt_secret: str | None = None
     frontend_url: str | None = None
@@ -97,6 +99,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     def _checked(self) -> Settings:
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be 1..65535, not {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("IOTHUB_TLS_CERT and IOTHUB_TLS_KEY go together: set both (HTTPS and WSS) or neither (HTTP and WS)")
         positive = ("heartbeat_timeout_ms", "cleanup_interval_ms", "ping_interval_ms", "ping_timeout_ms", "max_payload_bytes",
                     "buffer_rows", "batch_rows", "flush_interval_ms", "shutdown_timeout_ms")
         for name in positive:
@@ -124,6 +128,8 @@ class Settings(Struct, frozen=True, kw_only=True):
 ENVIRONMENT: dict[str, str] = {
     "host": "HOST",
     "port": "PORT",
+    "tls_cert": "IOTHUB_TLS_CERT",
+    "tls_key": "IOTHUB_TLS_KEY",
     "env": "IOTHUB_ENV",
     "jwt_secret": "JWT_SECRET",
     "frontend_url": "FRONTEND_URL",
