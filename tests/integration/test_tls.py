@@ -1,7 +1,7 @@
 """TLS: with IOTHUB_TLS_CERT and IOTHUB_TLS_KEY the one port speaks HTTPS and WSS, and nothing in cleartext.
 
 A real ``iothub serve`` with a certificate for 127.0.0.1 and localhost, signed
-by an authority made for this module (:mod:`tests.support.certificates`).
+by an authority made for this module (:mod:`tests.support.tls`).
 The clients trust that authority only, so every connection here has checked
 the server's chain and name. Then the settings a server must refuse to start
 with: one variable without the other, files it cannot read or use.
@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import serialization
 
 from iothub.config import ConfigError, Settings
 
-from ..support.certificates import Certificates, make_certificates
 from ..support.clients import TIMEOUT, connect, rest
-from ..support.server import TEST_SECRET, RunningServer, free_port
+from ..support.server import RunningServer, free_port
+from ..support.tls import Certificates, make_certificates, start_tls_server
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +35,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory, certificates: Certificates) -> Iterator[RunningServer]:
-    """``iothub serve`` with the certificate; ready once ``/health`` answers over HTTPS."""
-    log_dir, port = tmp_path_factory.mktemp("server"), free_port()
-    environment = {
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "JWT_SECRET": TEST_SECRET,
-        "IOTHUB_ENV": "development",
-        "IOTHUB_STORE": "memory",
-        "IOTHUB_TLS_CERT": str(certificates.cert),
-        "IOTHUB_TLS_KEY": str(certificates.key),
-    }
-    running = RunningServer(port=port, env=environment, log_path=log_dir / "server.log", ssl_context=certificates.client_context())
+    running = start_tls_server(tmp_path_factory.mktemp("server"), certificates)
     yield running
     running.stop()
 

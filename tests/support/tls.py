@@ -1,4 +1,5 @@
-"""A throwaway certificate authority and a server certificate for 127.0.0.1 and localhost, made with ``cryptography``.
+"""TLS for the tests: a throwaway certificate authority, a server certificate for 127.0.0.1 and localhost
+(made with ``cryptography``), and ``iothub serve`` started with them.
 
 The TLS tests trust the authority, never the system's store: a client that
 connects has checked the server's certificate chain and its name.
@@ -16,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .server import TEST_SECRET, RunningServer, free_port
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,18 @@ def make_certificates(directory: Path) -> Certificates:
     made.key.write_bytes(_pem_key(server_key))
     made.other_key.write_bytes(_pem_key(ca_key))
     return made
+
+
+def start_tls_server(log_dir: Path, certificates: Certificates) -> RunningServer:
+    """``iothub serve`` on 127.0.0.1 with IOTHUB_TLS_CERT and IOTHUB_TLS_KEY; ready once ``/health`` answers over HTTPS."""
+    port = free_port()
+    environment = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "JWT_SECRET": TEST_SECRET,
+        "IOTHUB_ENV": "development",
+        "IOTHUB_STORE": "memory",
+        "IOTHUB_TLS_CERT": str(certificates.cert),
+        "IOTHUB_TLS_KEY": str(certificates.key),
+    }
+    return RunningServer(port=port, env=environment, log_path=log_dir / "server.log", ssl_context=certificates.client_context())
