@@ -6,9 +6,10 @@ over the rounds. ``rows/s`` in the extra info is (1000 + 50) / the round's
 mean time. ``sqlite-durable`` is SQLite with ``synchronous=FULL``
 (IOTHUB_DURABLE_ACK=true): an fsync per batch.
 
-MongoDB is measured against mongomock-motor — an in-process imitation, so the
-figure says nothing about a MongoDB server — unless IOTHUB_TEST_MONGODB_URI
-names a real one; the benchmark's name says which.
+MongoDB is measured against SecantusDB's Python server on this machine — a
+MongoDB-wire server over WiredTiger, so the figure says nothing about a
+MongoDB server — unless IOTHUB_TEST_MONGODB_URI names a real one; the
+benchmark's name says which.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ import pytest
 
 from iothub.core.records import AlertRecord, TelemetryRecord
 from iothub.persistence.store import Store
-from tests.support.stores import MONGO, StoreMaker
+from tests.support.mongodb import MONGO
+from tests.support.stores import StoreMaker
 
 BATCH_ROWS = 1000
 ALERTS_PER_BATCH = 50
 DEVICES = 1000
 ROUNDS = 40
-#: mongomock-motor takes most of a second a batch: fewer rounds say as much.
-MOCK_ROUNDS = 5
+#: SecantusDB's Python server takes most of a second a batch: fewer rounds say as much.
+SECANTUSDB_ROUNDS = 5
 T0 = 1_700_000_000_000
 READING = {
     "engineRpm": 2500, "speed": 65, "fuelLevel": 75, "batteryVoltage": 12.5, "crashDetection": 0, "dtc": 0,
@@ -57,7 +59,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture(params=["memory", "sqlite", "sqlite-durable", MONGO])
 def store(request: pytest.FixtureRequest, tmp_path, loop: asyncio.AbstractEventLoop) -> Iterator[Store]:
     kind, durable = request.param.removesuffix("-durable"), request.param.endswith("-durable")
-    maker = StoreMaker(kind, tmp_path)
+    maker = StoreMaker(kind, tmp_path, request.getfixturevalue("mongodb_uri") if kind == MONGO else None)
     opened = maker(durable=True) if durable else maker()
     loop.run_until_complete(opened.open())
     yield opened
@@ -70,7 +72,7 @@ def test_store_write_rate(benchmark, store: Store, loop: asyncio.AbstractEventLo
     benchmark.pedantic(
         lambda telemetry, alerts: loop.run_until_complete(store.write(telemetry, alerts)),
         setup=lambda: (batch(), {}),
-        rounds=MOCK_ROUNDS if MONGO == "mongomock-motor" and store.name == "mongodb" else ROUNDS,
+        rounds=SECANTUSDB_ROUNDS if MONGO == "secantusdb" and store.name == "mongodb" else ROUNDS,
         warmup_rounds=2,
     )
     benchmark.extra_info["rows/s"] = round((BATCH_ROWS + ALERTS_PER_BATCH) / benchmark.stats.stats.mean)

@@ -106,7 +106,7 @@ class Hub:
         """The startup line: where it listens, which store, which evaluator."""
         s = self.settings
         return (
-            f"iothub listening on http://{s.bind_host}:{s.port} "
+            f"iothub listening on {'https' if s.tls_cert else 'http'}://{s.bind_host}:{s.port} "
             f"(env {s.env}, store {self.store.name}, alert evaluator {self.engine.kind})"
         )
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from .config import ENVIRONMENT, ConfigError, Settings, flag_of
 from .core.auth import ROLES, Authenticator
 from .loop import new_event_loop
+from .tls import server_context
 
 #: Defaults that depend on other settings, as ``serve --help`` and the README state them.
 DEFAULTS_IN_WORDS = {
@@ -91,6 +92,7 @@ def serve(overrides: dict[str, str | None]) -> int:
     from .app import LINGER_S, MAX_HEADER_BYTES, REQUEST_GRACE_S, Hub
 
     settings = Settings.load(None, **overrides)
+    ssl_context = server_context(settings)  # before anything else: a TLS file it cannot use is a ConfigError
     logging.basicConfig(
         level=logging.DEBUG if settings.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -100,6 +102,7 @@ def serve(overrides: dict[str, str | None]) -> int:
         hub.application(),
         host=settings.bind_host,
         port=settings.port,
+        ssl_context=ssl_context,
         print=lambda _banner: print(hub.describe(), flush=True),
         loop=new_event_loop(),
         access_log=None,

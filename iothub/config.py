@@ -37,6 +37,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     #: None: 127.0.0.1 in development (nothing else can reach a server started to try it), 0.0.0.0 in production.
     host: str | None = None
     port: int = 6162
+    tls_cert: str | None = None
+    tls_key: str | None = None
     env: Environment = "development"
     jwt_secret: str | None = None
     frontend_url: str | None = None
@@ -121,6 +123,8 @@ class Settings(Struct, frozen=True, kw_only=True):
     def _checked(self) -> Settings:
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be 1..65535, not {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("IOTHUB_TLS_CERT and IOTHUB_TLS_KEY go together: set both (HTTPS and WSS) or neither (HTTP and WS)")
         positive = ("heartbeat_timeout_ms", "cleanup_interval_ms", "ping_interval_ms", "ping_timeout_ms", "max_payload_bytes",
                     "buffer_rows", "batch_rows", "flush_interval_ms", "shutdown_timeout_ms", "max_queued_bytes",
                     "connect_timeout_ms", "max_backlog_age_ms", "auth_ban_ms")
@@ -155,6 +159,8 @@ class Settings(Struct, frozen=True, kw_only=True):
 ENVIRONMENT: dict[str, str] = {
     "host": "HOST",
     "port": "PORT",
+    "tls_cert": "IOTHUB_TLS_CERT",
+    "tls_key": "IOTHUB_TLS_KEY",
     "env": "IOTHUB_ENV",
     "jwt_secret": "JWT_SECRET",
     "frontend_url": "FRONTEND_URL",

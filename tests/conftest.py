@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from .support.mongodb import mongodb_uri  # noqa: F401 (a session fixture: the MongoDB server, SecantusDB unless one is named)
 from .support.server import RunningServer, start_server
 
 _imeis = itertools.count(100000000000000)

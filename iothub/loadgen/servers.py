@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,8 +48,11 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         ready_timeout: float = 30,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context``: the server speaks HTTPS; its ``/health`` is asked with this client context."""
         self.port = port or free_port()
+        self.ssl_context = ssl_context
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path
         # Open for the process's life, not a block: the server writes to it until it is stopped.
@@ -63,7 +67,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         """Everything the server has printed so far."""
@@ -90,7 +94,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise ServerFailed(f"the server exited with {self.process.returncode}: {self.log()[-2000:]}")
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1):
+                with urllib.request.urlopen(self.url + "/health", timeout=1, context=self.ssl_context):
                     return
             except OSError:
                 if time.monotonic() > deadline:

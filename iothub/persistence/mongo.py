@@ -215,14 +215,19 @@ def _last_update(record: TelemetryRecord) -> UpdateOne:
     return UpdateOne({"_id": record.imei, "last.timestamp": {"$not": {"$gt": record.timestamp}}}, {"$set": {"last": last}}, upsert=True)
 
 
+# A millisecond timestamp is past 2**31, so BSON stores it as an int64, and pymongo hands
+# that back as ``bson.Int64``: an int subclass that msgspec refuses to encode (the history
+# API's JSON, the cursor). Every integer read back goes through ``int()``.
+
+
 def _last_record(imei: str, last: dict[str, Any] | None) -> TelemetryRecord | None:
-    return None if last is None else TelemetryRecord(imei, last["timestamp"], last["data"].encode(), last["receivedAt"])
+    return None if last is None else TelemetryRecord(imei, int(last["timestamp"]), last["data"].encode(), int(last["receivedAt"]))
 
 
 def _telemetry_record(document: dict[str, Any]) -> TelemetryRecord:
-    return TelemetryRecord(document["imei"], document["timestamp"], document["data"].encode(), document["receivedAt"])
+    return TelemetryRecord(document["imei"], int(document["timestamp"]), document["data"].encode(), int(document["receivedAt"]))
 
 
 def _alert_record(document: dict[str, Any]) -> AlertRecord:
     d = document
-    return AlertRecord(d["imei"], d["timestamp"], d["code"], d["level"], d["message"], d["data"].encode())
+    return AlertRecord(d["imei"], int(d["timestamp"]), d["code"], d["level"], d["message"], d["data"].encode())

@@ -1,8 +1,9 @@
 """One contract, every store: the registry, the last telemetry, the histories and their pages.
 
 Each test runs against the memory store, the SQLite store and the MongoDB
-store (mongomock-motor unless IOTHUB_TEST_MONGODB_URI names a real server, as
-the test ids say). Store-specific promises (files, indexes, retention) follow.
+store, over the wire to SecantusDB unless IOTHUB_TEST_MONGODB_URI names a real
+MongoDB server, as the test ids say. Store-specific promises (files, indexes,
+retention) follow.
 """
 
 from __future__ import annotations
@@ -21,7 +22,22 @@ from iothub.persistence.memory import MemoryStore
 from iothub.persistence.sqlite import WRITER_NICENESS, SQLiteStore
 from iothub.persistence.store import InvalidCursor, Page, Store, Window, encode_cursor
 
-from ..support.stores import KINDS, MONGO, PERSISTENT_KINDS, StoreMaker, database_of
+from ..support.mongodb import MONGO
+from ..support.stores import KINDS, PERSISTENT_KINDS, StoreMaker, database_of
+
+#: What SecantusDB (0.7.0b3) gets wrong that this suite meets: a range on a field of a compound
+#: index with more fields after it leaves out the documents equal to the bound that the index
+#: scan ends on. With the history's index (imei, timestamp descending, _id), ``timestamp:
+#: {$gte: from}`` misses the rows at exactly ``from``; with no index, or ``$gt``, it does not.
+#: Such a test is a strict xfail on SecantusDB (it fails loudly once SecantusDB is fixed), runs
+#: as is on a real MongoDB, and runs on mongomock-motor too, which gets this right.
+SECANTUSDB_GAPS = pytest.mark.xfail(
+    MONGO == "secantusdb", reason="SecantusDB: an inclusive bound on a descending compound-index field", raises=AssertionError, strict=True
+)
+#: The kinds of a test that SecantusDB fails: every kind, and mongomock-motor while MongoDB is SecantusDB.
+KINDS_WITH_SECANTUSDB_GAPS = [
+    pytest.param(kind, marks=SECANTUSDB_GAPS) if kind == MONGO else kind for kind in KINDS
+] + (["mongomock-motor"] if MONGO == "secantusdb" else [])
 
 IMEI_A, IMEI_B, IMEI_C = "356938035643809", "490154203237518", "012345678901234"
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -36,9 +52,14 @@ def alert(imei: str, timestamp: int, code: str = "HIGH_RPM", level: str = "warni
     return AlertRecord(imei, timestamp, code, level, f"{code} message", msgspec.json.encode({"t": timestamp}))
 
 
+def make(request: pytest.FixtureRequest, kind: str, tmp_path) -> StoreMaker:
+    """A maker of ``kind``; a MongoDB kind starts the session's server if it is not running yet."""
+    return StoreMaker(kind, tmp_path, request.getfixturevalue("mongodb_uri") if kind == MONGO else None)
+
+
 @pytest.fixture(params=KINDS)
 async def maker(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[StoreMaker]:
-    made = StoreMaker(request.param, tmp_path)
+    made = make(request, request.param, tmp_path)
     yield made
     await made.drop()
 
@@ -112,9 +133,21 @@ async def test_data_is_kept_byte_for_byte(store: Store) -> None:
     assert (await store.alert_history(Window())).items[0].data == data
 
 
+async def test_records_read_back_encode_to_json(store: Store) -> None:
+    """Subscriptions and the history API send records as JSON: a driver's int subclass (bson.Int64) would not encode."""
+    await store.set_owner(IMEI_A, ALICE)
+    await store.write([telemetry(IMEI_A, T0)], [alert(IMEI_A, T0)])
+    records = [
+        *(await store.telemetry_history(IMEI_A, Window())).items,
+        *(await store.alert_history(Window())).items,
+        (await store.devices_of(ALICE))[0].last,
+    ]
+    assert msgspec.json.decode(msgspec.json.encode(records))[0]["timestamp"] == T0
+
+
 @pytest.mark.parametrize("kind", PERSISTENT_KINDS)
-async def test_everything_survives_a_reopen(kind: str, tmp_path) -> None:
-    maker = StoreMaker(kind, tmp_path)
+async def test_everything_survives_a_reopen(request: pytest.FixtureRequest, kind: str, tmp_path) -> None:
+    maker = make(request, kind, tmp_path)
     first = maker()
     await first.open()
     await first.write([telemetry(IMEI_A, T0)], [alert(IMEI_A, T0)], [(IMEI_A, ALICE)])
@@ -149,6 +182,7 @@ async def test_a_page_that_ends_exactly_has_no_cursor(store: Store) -> None:
     assert (await store.telemetry_history(IMEI_B, Window())) == Page([], None)
 
 
+@pytest.mark.parametrize("maker", KINDS_WITH_SECANTUSDB_GAPS, indirect=True)
 async def test_history_window_includes_both_ends(store: Store) -> None:
     await store.write([telemetry(IMEI_A, T0 + i) for i in range(10)], [alert(IMEI_A, T0 + i) for i in range(10)])
     timestamps = [r.timestamp - T0 for r in (await store.telemetry_history(IMEI_A, Window(from_ms=T0 + 3, to_ms=T0 + 6))).items]
@@ -282,7 +316,7 @@ async def test_sqlite_retention_deletes_old_history_and_keeps_the_last_telemetry
 
 @pytest.fixture(params=[MONGO])
 async def mongo_maker(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[StoreMaker]:
-    made = StoreMaker(request.param, tmp_path)
+    made = make(request, request.param, tmp_path)
     yield made
     await made.drop()
 

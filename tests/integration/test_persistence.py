@@ -1,8 +1,10 @@
-"""Persistence with real server processes on a real SQLite file.
+"""Persistence with real server processes on a real SQLite file, and on a MongoDB server.
 
 Restart (SIGTERM, start again: the registry and the last telemetry are
-there), crash (durable acknowledgements, SIGKILL mid-stream: every
-acknowledged message is there), clean shutdown (SIGTERM or SIGINT: exit 0,
+there) and crash (durable acknowledgements, SIGKILL mid-stream: every
+acknowledged message is there) run on both stores: SQLite, and MongoDB
+through MONGODB_URI as an operator sets it, on the session's server
+(SecantusDB, or IOTHUB_TEST_MONGODB_URI's; the test ids say which). Clean shutdown (SIGTERM or SIGINT: exit 0,
 the buffer written) and an outage (the file locked by another process: the
 server keeps serving, says DEGRADED, refuses telemetry once its buffer is full
 and writes its backlog when the lock goes).
@@ -16,7 +18,7 @@ import signal
 import sqlite3
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,30 @@ import pytest
 import socketio
 
 from ..support.clients import connect
+from ..support.mongodb import MONGO
 from ..support.server import RunningServer
+from ..support.stores import StoreMaker
 
 T0 = 1_700_000_000_000
 TIMEOUT = 10.0
 #: Well under the 45 s a held long-poll would keep a shutdown waiting.
 SHUTDOWN_BOUND_S = 15.0
+
+
+@pytest.fixture(params=["sqlite", MONGO])
+async def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """The settings of servers that share one store: a SQLite file, or a fresh database named by MONGODB_URI alone."""
+    if request.param == "sqlite":
+        yield {"IOTHUB_DB_PATH": str(tmp_path / "iothub.db")}
+        return
+    maker = StoreMaker(MONGO, tmp_path, request.getfixturevalue("mongodb_uri"))
+    yield {"MONGODB_URI": maker.uri}
+    await maker.drop()
+
+
+def started_with_its_store(server: RunningServer, store_env: Mapping[str, str]) -> bool:
+    """The startup line names the store the settings ask for (MONGODB_URI alone means MongoDB)."""
+    return f"store {'mongodb' if 'MONGODB_URI' in store_env else 'sqlite'}," in server.log()
 
 
 @asynccontextmanager
@@ -114,12 +134,12 @@ async def held_poll(server: RunningServer) -> AsyncIterator[asyncio.Future[tuple
 
 
 async def test_a_restart_keeps_the_registry_and_the_last_telemetry(
-    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str], email: Callable[[], str]
+    server_factory: Callable[..., RunningServer], store_env: dict[str, str], imei: Callable[[], str], email: Callable[[], str]
 ) -> None:
     owner, other = email(), email()
     reporting, silent, foreign = imei(), imei(), imei()
-    db = str(tmp_path / "iothub.db")
-    first = server_factory(IOTHUB_DB_PATH=db)
+    first = server_factory(**store_env)
+    assert started_with_its_store(first, store_env)
     async with device_socket(first) as device:
         await call(device, "register_device", {"imei": reporting, "userEmail": owner})
         await call(device, "register_device", {"imei": silent, "userEmail": owner})
@@ -129,7 +149,7 @@ async def test_a_restart_keeps_the_registry_and_the_last_telemetry(
         before = await call(device, "subscribe_user", {"email": owner})
     assert first.stop(signal.SIGTERM) == 0
 
-    second = server_factory(IOTHUB_DB_PATH=db)
+    second = server_factory(**store_env)
     async with device_socket(second) as dashboard:
         after = await call(dashboard, "subscribe_user", {"email": owner})
         await call(dashboard, "register_device", {"imei": silent})  # no userEmail: the owner stays
@@ -144,10 +164,11 @@ async def test_a_restart_keeps_the_registry_and_the_last_telemetry(
 
 
 async def test_sigkill_loses_no_durably_acknowledged_message(
-    server_factory: Callable[..., RunningServer], tmp_path: Path, imei: Callable[[], str]
+    server_factory: Callable[..., RunningServer], store_env: dict[str, str], imei: Callable[[], str]
 ) -> None:
-    device_imei, db = imei(), tmp_path / "iothub.db"
-    server = server_factory(IOTHUB_DB_PATH=str(db), IOTHUB_DURABLE_ACK="true", IOTHUB_FLUSH_INTERVAL_MS="20")
+    device_imei = imei()
+    server = server_factory(**store_env, IOTHUB_DURABLE_ACK="true", IOTHUB_FLUSH_INTERVAL_MS="20")
+    assert started_with_its_store(server, store_env)
     acknowledged: set[int] = set()
     sent: list[int] = []
     in_flight = asyncio.Semaphore(64)
@@ -176,7 +197,7 @@ async def test_sigkill_loses_no_durably_acknowledged_message(
         await asyncio.gather(streaming, return_exceptions=True)
     assert len(sent) > len(acknowledged)  # it was killed with messages in flight
 
-    restarted = server_factory(IOTHUB_DB_PATH=str(db))
+    restarted = server_factory(**store_env)
     listed: list[int] = []
     cursor = ""
     while cursor is not None:

@@ -13,9 +13,10 @@ handles a socket's events in order and queues the packets for a socket in
 order, so the device's ``device_status`` "offline" (its disconnect) is the
 last thing the dashboard gets, after every update and alert.
 
-socket.io-client is installed with npm into a temporary folder this module
-owns. If Node.js, npm or the registry is missing, the tests fail (they do
-not skip): the interop is a requirement.
+socket.io-client is installed with npm into a temporary folder, once a
+session (the ``js`` fixture, in ``conftest.py``). If Node.js, npm or the
+registry is missing, the tests fail (they do not skip): the interop is a
+requirement.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -275,45 +275,6 @@ class Dashboard:
         for stream in (self.process.stdout, self.process.stderr):
             assert stream is not None  # both are pipes
             stream.close()
-
-
-@pytest.fixture(scope="session")
-def js(tmp_path_factory: pytest.TempPathFactory) -> JsClient:
-    """``npm install socket.io-client@4`` into a folder of our own, with the interop scripts copied in.
-
-    ESM ignores NODE_PATH, so the scripts live next to their node_modules.
-    A failure is recorded and fails every test that uses the client.
-    """
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        return JsClient(None, None, None, "the interop tests need Node.js and npm on PATH (node: %s, npm: %s)" % (node, npm))
-    folder = tmp_path_factory.mktemp("socketio-client")
-    (folder / "package.json").write_text(
-        json.dumps({"name": "iothub-interop", "version": "0.0.0", "private": True, "type": "module"})
-    )
-    command = [npm, "install", "socket.io-client@4", "--no-audit", "--no-fund"]
-    env = {**os.environ, "npm_config_update_notifier": "false"}
-    try:
-        installed = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=NPM_TIMEOUT)
-    except subprocess.TimeoutExpired as expired:
-        return JsClient(
-            None, None, None,
-            f"`{' '.join(command[1:])}` did not finish within {NPM_TIMEOUT} s — is the npm registry "
-            f"(https://registry.npmjs.org) reachable?\n{_text(expired.stdout)}{_text(expired.stderr)}",
-        )
-    manifest = folder / "node_modules" / "socket.io-client" / "package.json"
-    if installed.returncode != 0 or not manifest.exists():
-        return JsClient(
-            None, None, None,
-            f"`npm {' '.join(command[1:])}` failed (exit code {installed.returncode}) — is the npm registry "
-            f"(https://registry.npmjs.org) reachable?\n{installed.stdout}{installed.stderr}",
-        )
-    version = json.loads(manifest.read_text())["version"]
-    if not version.startswith("4."):
-        return JsClient(None, None, version, f"npm installed socket.io-client {version}, not 4.x")
-    for script in ("device.mjs", "dashboard.mjs"):
-        shutil.copy(SCRIPTS / script, folder / script)
-    return JsClient(folder, node, version, None)
 
 
 @pytest.fixture(scope="module")

@@ -288,11 +288,16 @@ async def connect(
     transports: Sequence[str] = ("websocket",),
     token: str | None = None,
     auth: Any = None,
+    http_session: aiohttp.ClientSession | None = None,
 ) -> AsyncIterator[Client]:
-    """A connected client recording everything it receives; disconnected on exit."""
+    """A connected client recording everything it receives; disconnected on exit.
+
+    ``http_session``: the aiohttp session both transports use, e.g. one whose
+    connector trusts a test certificate (certificates are verified either way).
+    """
     # aiohttp's client refuses WebSocket messages over 4 MiB by default; the server may send up to its limit
     sio = socketio.AsyncClient(
-        reconnection=False, serializer=RawAwarePacket, websocket_extra_options={"max_msg_size": 64 * 1024 * 1024}
+        reconnection=False, serializer=RawAwarePacket, websocket_extra_options={"max_msg_size": 64 * 1024 * 1024}, http_session=http_session
     )
     client = Client(sio)
     sio.on("*", client._record)

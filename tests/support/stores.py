@@ -1,9 +1,12 @@
 """The stores the contract suite and the store benchmark run against, by kind.
 
-MongoDB is a real server when ``IOTHUB_TEST_MONGODB_URI`` is set (each maker
-gets its own database, dropped afterwards); otherwise it is mongomock-motor, an
-in-process imitation — and the test ids say ``mongomock-motor``, not
-``mongodb``, so that no one reads more into a green run than it shows.
+MongoDB is spoken over the wire to the session's server (:mod:`.mongodb`):
+``mongodb`` when ``IOTHUB_TEST_MONGODB_URI`` names a real one, else
+``secantusdb`` — the test ids say which, so that no one reads more into a
+green run than it shows. Each maker gets its own database, dropped afterwards.
+
+``mongomock-motor``, an in-process imitation, is kept for what SecantusDB gets
+wrong (see ``SECANTUSDB_GAPS`` in the contract suite) and nothing else.
 
 :class:`FlakyStore` is a memory store that fails while told to: an outage on demand.
 """
@@ -11,7 +14,6 @@ in-process imitation — and the test ids say ``mongomock-motor``, not
 from __future__ import annotations
 
 import functools
-import os
 import uuid
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -28,8 +30,8 @@ from iothub.persistence.mongo import MongoStore
 from iothub.persistence.sqlite import SQLiteStore
 from iothub.persistence.store import Page, Store, Window
 
-MONGODB_URI = os.environ.get("IOTHUB_TEST_MONGODB_URI")
-MONGO = "mongodb" if MONGODB_URI else "mongomock-motor"
+from .mongodb import MONGO
+
 KINDS = ["memory", "sqlite", MONGO]
 #: The kinds whose data outlives the store object.
 PERSISTENT_KINDS = ["sqlite", MONGO]
@@ -57,14 +59,15 @@ if not hasattr(mongomock.collection.BulkOperationBuilder.add_update, "__wrapped_
 class StoreMaker:
     """Makes stores of one kind over the same data: a new one sees what an earlier one wrote."""
 
-    def __init__(self, kind: str, directory: Path) -> None:
+    def __init__(self, kind: str, directory: Path, mongodb_uri: str | None = None) -> None:
+        """``mongodb_uri``: the server of kind ``mongodb`` or ``secantusdb`` (the ``mongodb_uri`` fixture)."""
         self.kind = kind
         self.path = directory / "store" / "iothub.db"
         self.memory = MemoryStore()
         self.mock: AsyncMongoMockClient | None = AsyncMongoMockClient() if kind == "mongomock-motor" else None
-        if kind == "mongodb":
-            assert MONGODB_URI is not None  # the kind exists only when IOTHUB_TEST_MONGODB_URI is set
-            self.uri = _fresh_database(MONGODB_URI)
+        if kind == MONGO:
+            assert mongodb_uri is not None, f"a {kind} store needs the mongodb_uri fixture's server"
+            self.uri = _fresh_database(mongodb_uri)
         else:
             self.uri = "mongodb://mongomock/iothub"
 
@@ -76,8 +79,8 @@ class StoreMaker:
         return MongoStore(self.uri, client=self.mock, **options)
 
     async def drop(self) -> None:
-        """Remove a real server's test database."""
-        if self.kind == "mongodb":
+        """Remove the server's test database."""
+        if self.kind == MONGO:
             client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(self.uri)
             await client.drop_database(urlsplit(self.uri).path.lstrip("/"))
             client.close()

@@ -83,7 +83,7 @@ def test_expired_token_is_unauthorized(auth: Authenticator) -> None:
         signed({"email": EMAIL, "role": "admin", "exp": later()}, secret="another-secret-" + "o" * 32),
         signed({"email": EMAIL, "role": "admin"}),
         signed({"email": EMAIL, "role": "admin", "exp": later()}, algorithm="HS512"),
-        jwt.encode({"email": EMAIL, "role": "admin", "exp": later()}, None, algorithm="none"),
+        jwt.encode({"email": EMAIL, "role": "admin", "exp": later()}, "", algorithm="none"),  # "": no key, typed as one
         "not.a.token",
         "",
     ],
