@@ -108,6 +108,7 @@ class Hub:
         return (
             f"iothub listening on {'https' if s.tls_cert else 'http'}://{s.bind_host}:{s.port} "
             f"(env {s.env}, store {self.store.name}, alert evaluator {self.engine.kind})"
+            + ("; loopback only: set HOST=0.0.0.0 to be reached from other machines" if s.host is None and not s.production else "")
         )
 
     async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
