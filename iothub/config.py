@@ -21,6 +21,7 @@ from .core.rules import DEFAULT_RULES, AlertRule, merge_rules
 
 Environment = Literal["development", "production"]
 Evaluator = Literal["compiled", "reference"]
+LogFormat = Literal["text", "json"]
 StoreKind = Literal["auto", "sqlite", "mongodb", "memory"]
 
 #: Secrets that appear in examples and so protect nothing.
@@ -59,6 +60,10 @@ class Settings(Struct, frozen=True, kw_only=True):
     flush_interval_ms: int = 50
     history_retention_days: int = 0
     shutdown_timeout_ms: int = 10_000
+    metrics_token: str | None = None
+    map_tiles: str | None = None
+    map_attribution: str | None = None
+    log_format: LogFormat = "text"
     rules: tuple[AlertRule, ...] = field(default=DEFAULT_RULES)
 
     @property
@@ -148,6 +153,10 @@ ENVIRONMENT: dict[str, str] = {
     "flush_interval_ms": "IOTHUB_FLUSH_INTERVAL_MS",
     "history_retention_days": "IOTHUB_HISTORY_RETENTION_DAYS",
     "shutdown_timeout_ms": "IOTHUB_SHUTDOWN_TIMEOUT_MS",
+    "metrics_token": "IOTHUB_METRICS_TOKEN",
+    "map_tiles": "IOTHUB_MAP_TILES",
+    "map_attribution": "IOTHUB_MAP_ATTRIBUTION",
+    "log_format": "LOG_FORMAT",
 }
 
 

@@ -27,6 +27,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Collection
+from time import perf_counter_ns
 from typing import Any, NamedTuple
 
 import socketio
@@ -38,6 +39,7 @@ from ..core.auth import Authenticator, Principal
 from ..core.commands import Register, Subscribe, Unsubscribe, ok
 from ..core.dataplane import DataPlane
 from ..core.errors import ErrorCode, ProtocolError
+from ..core.metrics import ACK_SLOT, TELEMETRY_DATA, Counters, received_index
 from ..core.protocol import (
     Failure,
     HeartbeatEvent,
@@ -53,8 +55,8 @@ from ..core.ratelimit import TokenBucket
 from ..core.records import Commit
 from ..core.supervisor import Supervisor
 from .compat import SocketIOServer
-from .packets import EventPacket, ack_text, event_text
-from .transport import FramedPacket, Pinger, create_route, websocket_class
+from .packets import EventPacket, ack_text, event_name_of, event_text
+from .transport import FramedPacket, Pinger, route_creator, websocket_class
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ class Session:
 
 
 class Gateway(SocketIOServer):
-    def __init__(self, settings: Settings, authenticator: Authenticator) -> None:
+    def __init__(self, settings: Settings, authenticator: Authenticator, counters: Counters) -> None:
         debug = settings.debug or ""
         super().__init__(
             async_mode="aiohttp",
@@ -120,9 +122,11 @@ class Gateway(SocketIOServer):
             logger="socket.io" in debug or debug == "*",
             engineio_logger="engine" in debug or debug == "*",
         )
-        self.use_transport(websocket_class(settings.ws_compression), create_route)
+        self.use_transport(websocket_class(settings.ws_compression, counters), route_creator(counters))
         self.settings = settings
         self.authenticator = authenticator
+        #: This gateway's counters for ``/metrics`` (shared with its data plane).
+        self.counters = counters
         self._sessions: dict[str, Session] = {}
         self.on("connect", self._on_connect)
         self.on("disconnect", self._on_disconnect)
@@ -167,6 +171,7 @@ class Gateway(SocketIOServer):
             if socket is not None and not socket.closing and not socket.closed:
                 socket.queue.put_nowait(message)
                 sent += 1
+        self.counters.sent_to(event, sent)
         return sent
 
     def _send_text(self, eio_sid: str, text: str) -> None:
@@ -184,13 +189,16 @@ class Gateway(SocketIOServer):
         try:
             principal = self.authenticator.for_socket(auth)
         except ProtocolError as error:
+            self.counters.auth_failures["socket"] += 1
             raise socketio.exceptions.ConnectionRefusedError(error.message, {"code": error.code}) from None
         rate = self.settings.rate_limit
         budget = TokenBucket(rate, self.settings.burst, time.monotonic()) if rate else None
         self._sessions[sid] = Session(principal, budget)
         self.plane.connect(sid)
+        self.counters.connects += 1
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
+        self.counters.disconnected(reason)
         self._sessions.pop(sid, None)
         await self.supervisor.socket_closed(self.plane.disconnect(sid))
 
@@ -198,18 +206,24 @@ class Gateway(SocketIOServer):
 
     async def handle_event(self, eio_sid: str, namespace: str | None, ack_id: int | None, data: Any) -> None:
         """One EVENT from a connected socket (no session: not connected on the default namespace, dropped)."""
+        received = perf_counter_ns()
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
         session = self._sessions.get(sid) if sid is not None else None
         if session is None:
             return
+        counters = self.counters
         try:
-            reply_event, reply = await self._dispatch(sid, session, data)
+            reply_event, reply = await self._dispatch(sid, session, data, received)
         except ProtocolError as error:
             reply_event, reply = "error", encode(Failure.of(error))
             self.plane.refused()
+            counters.received[received_index(event_name_of(data))] += 1
+            counters.refused(error.code)
         except Exception:
-            log.exception("event from socket %s failed", sid)
+            log.exception("event from socket %s failed", sid, extra={"socket": sid})
             reply_event, reply = "error", encode(INTERNAL_FAILURE)
+            counters.received[received_index(event_name_of(data))] += 1
+            counters.refused(ErrorCode.INTERNAL)
         if isinstance(reply, Deferred):
             reply.committed.add_done_callback(functools.partial(self._reply_committed, eio_sid, ack_id, reply_event, reply.payload))
         else:
@@ -218,8 +232,10 @@ class Gateway(SocketIOServer):
     def _reply(self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes) -> None:
         if ack_id is not None:
             self._send_text(eio_sid, ack_text(ack_id, payload))
+            self.counters.sent[ACK_SLOT] += 1
         elif reply_event is not None:
             self._send_text(eio_sid, event_text(reply_event, payload))
+            self.counters.sent_to(reply_event, 1)
 
     def _reply_committed(
         self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes, committed: asyncio.Future[None]
@@ -232,8 +248,14 @@ class Gateway(SocketIOServer):
         """``telemetry_processed``, held back until ``commit`` when acknowledgements are durable."""
         return Deferred(TELEMETRY_PROCESSED, commit.committed()) if self.settings.durable_ack else TELEMETRY_PROCESSED
 
-    async def _dispatch(self, sid: str, session: Session, data: Any) -> tuple[str | None, bytes | Deferred]:
-        """Run one event; return the reply event's name and its encoded payload (or the promise of it)."""
+    async def _dispatch(self, sid: str, session: Session, data: Any, received: int) -> tuple[str | None, bytes | Deferred]:
+        """Run one event; return the reply event's name and its encoded payload (or the promise of it).
+
+        ``received``: when the gateway took the event (``perf_counter_ns``), for
+        the telemetry fan-out histogram: taken to the last dashboard packet queued.
+        An event is counted by name here when it succeeds; :meth:`handle_event`
+        counts those that fail, by the name their text starts with.
+        """
         if session.budget is not None and not session.budget.take(time.monotonic()):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "too many events: slow down")
         if not isinstance(data, str):
@@ -242,29 +264,36 @@ class Gateway(SocketIOServer):
         if len(data) > limit // 4 and len(data.encode()) > limit:
             raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"an event may carry at most {limit} bytes")
         plane = self.plane
+        counters = self.counters
         commit = plane.telemetry_event(sid, data)
         if commit is not None:
+            counters.fanout.observe(perf_counter_ns() - received)
+            counters.received[TELEMETRY_DATA] += 1
             return TelemetryDataEvent.reply_event, self._processed(commit)
         event = decode_event(data)
         principal = session.principal
+        reply: bytes | Deferred
         match event:
             case TelemetryDataEvent(payload=message):
-                return event.reply_event, self._processed(plane.telemetry(sid, message))
+                commit = plane.telemetry(sid, message)
+                counters.fanout.observe(perf_counter_ns() - received)
+                reply = self._processed(commit)
             case HeartbeatEvent(payload=message):
-                return event.reply_event, encode(plane.heartbeat(sid, message.imei))
+                reply = encode(plane.heartbeat(sid, message.imei))
             case RegisterDeviceEvent(payload=message):
                 if not principal.may_register(message.imei):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not register {message.imei}")
-                registered = encode(ok(await self.supervisor.register(Register(plane.name, sid, message.imei, message.userEmail))))
+                reply = encode(ok(await self.supervisor.register(Register(plane.name, sid, message.imei, message.userEmail))))
                 if message.userEmail is not None and self.registry_committed is not None:
-                    return event.reply_event, Deferred(registered, self.registry_committed())
-                return event.reply_event, registered
+                    reply = Deferred(reply, self.registry_committed())
             case SubscribeUserEvent(payload=message):
                 if not principal.may_subscribe(message.email):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not subscribe to {message.email}")
-                subscribed = await self.supervisor.subscribe(Subscribe(plane.name, sid, message.email))
-                return event.reply_event, encode(ok(subscribed))
+                reply = encode(ok(await self.supervisor.subscribe(Subscribe(plane.name, sid, message.email))))
             case UnsubscribeUserEvent(payload=message):
-                return event.reply_event, encode(await self.supervisor.unsubscribe(Unsubscribe(plane.name, sid, message.email)))
-        raise AssertionError(f"unhandled event {event!r}")
+                reply = encode(await self.supervisor.unsubscribe(Unsubscribe(plane.name, sid, message.email)))
+            case _:
+                raise AssertionError(f"unhandled event {event!r}")
+        counters.received[received_index(str(event.__struct_config__.tag))] += 1
+        return event.reply_event, reply
 

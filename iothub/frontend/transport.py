@@ -21,6 +21,7 @@ import contextvars
 import logging
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -29,6 +30,7 @@ from engineio import packet as eio_packet
 from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
+from ..core.metrics import Counters
 from .compat import WebSocketDriver, websocket_driver
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,12 @@ def frame(encoded: str | bytes) -> bytes:
     return struct.pack("!BBQ", opcode, 127, length) + payload
 
 
+def frame_size(encoded: str | bytes) -> int:
+    """The bytes of :func:`frame`'s frame of ``encoded``, without building it."""
+    size = len(encoded) if isinstance(encoded, bytes) or encoded.isascii() else len(encoded.encode())
+    return size + (2 if size < 126 else 4 if size < 65536 else 10)
+
+
 def frame_of(packet: eio_packet.Packet) -> bytes:
     return packet.frame() if isinstance(packet, FramedPacket) else frame(packet.encode())
 
@@ -67,8 +75,8 @@ def frame_of(packet: eio_packet.Packet) -> bytes:
 PUMP = "iothub.pump"
 
 
-def websocket_class(compress: bool) -> WebSocketDriver:
-    """Engine.IO's WebSocket driver with this module's pump, compression on or off.
+def websocket_class(compress: bool, counters: Counters) -> WebSocketDriver:
+    """Engine.IO's WebSocket driver with this module's pump, compression on or off, counting bytes in ``counters``.
 
     The driver only opens the WebSocket and leaves the pump on the request: the
     pump runs in the route's handler (:func:`create_route`) once Engine.IO's
@@ -77,24 +85,41 @@ def websocket_class(compress: bool) -> WebSocketDriver:
     """
 
     def open_pump(socket: AsyncSocket, ws: WebSocketResponse, request: web.Request) -> None:
-        request[PUMP] = Pump(socket, ws, request, compress)
+        request[PUMP] = Pump(socket, ws, request, compress, counters)
 
     return websocket_driver(open_pump, compress)
 
 
-def create_route(app: web.Application, server: AsyncServer, endpoint: str) -> None:
-    """Engine.IO's routes; a GET that opened a WebSocket then runs its pump here."""
+def masked_frame_size(payload: int) -> int:
+    """The bytes of a client's WebSocket frame (masked, unfragmented) that carries ``payload`` bytes."""
+    return payload + (6 if payload < 126 else 8 if payload < 65536 else 14)
 
-    async def get(request: web.Request) -> web.StreamResponse:
-        response = await server.handle_request(request)
-        pump = request.get(PUMP)
-        if pump is not None:
-            await pump.run()
-        return response
 
-    app.router.add_get(endpoint, get)
-    app.router.add_post(endpoint, server.handle_request)
-    app.router.add_route("OPTIONS", endpoint, server.handle_request)
+def route_creator(counters: Counters) -> Callable[[web.Application, AsyncServer, str], None]:
+    """Engine.IO's routes, counting long-polling bodies in ``counters``; a GET that opened a WebSocket then runs its pump."""
+
+    def create_route(app: web.Application, engineio_server: AsyncServer, engineio_endpoint: str) -> None:
+        async def get(request: web.Request) -> web.StreamResponse:
+            response = await engineio_server.handle_request(request)
+            pump = request.get(PUMP)
+            if pump is not None:
+                await pump.run()
+            elif isinstance(response, web.Response) and isinstance(response.body, bytes):
+                counters.bytes_out += len(response.body)
+            return response
+
+        async def post(request: web.Request) -> web.StreamResponse:
+            counters.bytes_in += request.content_length or 0
+            response = await engineio_server.handle_request(request)
+            if isinstance(response, web.Response) and isinstance(response.body, bytes):
+                counters.bytes_out += len(response.body)
+            return response
+
+        app.router.add_get(engineio_endpoint, get)
+        app.router.add_post(engineio_endpoint, post)
+        app.router.add_route("OPTIONS", engineio_endpoint, engineio_server.handle_request)
+
+    return create_route
 
 
 class Pump:
@@ -105,14 +130,16 @@ class Pump:
     socket's queue.
     """
 
-    __slots__ = ("socket", "server", "ws", "transport", "compress", "_loop", "_pending", "_closing", "_closer", "_sent")
+    __slots__ = ("socket", "server", "ws", "transport", "compress", "counters", "_loop", "_pending", "_closing", "_closer", "_sent")
 
-    def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool) -> None:
+    def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool, counters: Counters) -> None:
         self.socket = socket
         self.server = socket.server
         self.ws = ws
         self.transport = request.transport
         self.compress = compress
+        #: Bytes in and out: frames as they cross the wire (headers included, before compression).
+        self.counters = counters
         self._loop = asyncio.get_running_loop()
         #: Frames (or, compressed, texts) waiting for the end of this loop iteration.
         self._pending: list[Any] = []
@@ -174,12 +201,18 @@ class Pump:
         on_message = self.server.handlers["message"]
         limit = self.server.max_http_buffer_size
         receive = self.ws.receive
+        counters = self.counters
         while True:
             message = await receive()
-            if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
+            if message.type is WSMsgType.TEXT:
                 data = message.data
+                size = len(data) if data.isascii() else len(data.encode())  # isascii is a flag: O(1)
+            elif message.type is WSMsgType.BINARY:
+                data = message.data
+                size = len(data)
             else:
                 return
+            counters.bytes_in += masked_frame_size(size)
             if len(data) > limit:
                 return
             try:
@@ -215,9 +248,12 @@ class Pump:
         transport = self.transport
         if pending and transport is not None and not transport.is_closing():
             if self.compress:
+                self.counters.bytes_out += sum(frame_size(text) for text in pending)
                 self._sent = asyncio.ensure_future(self._send_compressed(self._sent, pending))
             else:
-                transport.write(b"".join(pending))
+                frames = b"".join(pending)
+                self.counters.bytes_out += len(frames)
+                transport.write(frames)
         if self._closing and self._closer is None:
             self._closer = asyncio.ensure_future(self._close_ws())
 

@@ -69,13 +69,15 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except ProtocolError as error:
+        if error.code is ErrorCode.UNAUTHORIZED:
+            request.app[SERVICES].plane.counters.auth_failures["rest"] += 1
         return failure(error.code, error.message, error.http_status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return failure(_HTTP_CODES.get(exc.status, ErrorCode.INTERNAL), exc.reason, exc.status)
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, request.path, extra={"request": f"{request.method} {request.path}"})
         return failure(ErrorCode.INTERNAL, "internal error", 500)
 
 
