@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
+from . import logs
 from .config import ENVIRONMENT, ConfigError, Settings
 from .core.auth import ROLES, Authenticator
 from .loop import new_event_loop
@@ -84,16 +84,13 @@ def serve(overrides: dict[str, str | None]) -> int:
     from .app import REQUEST_GRACE_S, Hub
 
     settings = Settings.load(None, **overrides)
-    logging.basicConfig(
-        level=logging.DEBUG if settings.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_format, debug=bool(settings.debug))
     hub = Hub(settings)
     web.run_app(
         hub.application(),
         host=settings.host,
         port=settings.port,
-        print=lambda _banner: print(hub.describe(), flush=True),
+        print=lambda _banner: logs.announce(hub.describe(), settings.log_format),
         loop=new_event_loop(),
         access_log=None,
         shutdown_timeout=REQUEST_GRACE_S,

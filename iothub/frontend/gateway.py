@@ -97,6 +97,18 @@ class Manager(socketio.AsyncManager):
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
 
 
+def library_logger(name: str, verbose: bool) -> logging.Logger:
+    """python-socketio's or python-engineio's logger: informative when ``DEBUG`` asks, else errors only.
+
+    Given as a logger rather than a flag, so that the library adds no handler
+    of its own: its lines go through the server's handler and format
+    (:mod:`iothub.logs`), tokens blanked, and each once.
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    return logger
+
+
 class Session:
     """What the gateway knows of one connected socket."""
 
@@ -119,8 +131,8 @@ class Gateway(SocketIOServer):
             max_http_buffer_size=settings.max_payload_bytes + TRANSPORT_SLACK_BYTES,
             ping_interval=settings.ping_interval_ms / 1000,
             ping_timeout=settings.ping_timeout_ms / 1000,
-            logger="socket.io" in debug or debug == "*",
-            engineio_logger="engine" in debug or debug == "*",
+            logger=library_logger("socketio.server", "socket.io" in debug or debug == "*"),
+            engineio_logger=library_logger("engineio.server", "engine" in debug or debug == "*"),
         )
         self.use_transport(websocket_class(settings.ws_compression, counters), route_creator(counters))
         self.settings = settings
@@ -190,6 +202,7 @@ class Gateway(SocketIOServer):
             principal = self.authenticator.for_socket(auth)
         except ProtocolError as error:
             self.counters.auth_failures["socket"] += 1
+            log.info("socket %s refused: %s", sid, error.message, extra={"socket": sid})
             raise socketio.exceptions.ConnectionRefusedError(error.message, {"code": error.code}) from None
         rate = self.settings.rate_limit
         budget = TokenBucket(rate, self.settings.burst, time.monotonic()) if rate else None

@@ -221,7 +221,7 @@ class Pump:
                 else:
                     await socket.receive(eio_packet.Packet(encoded_packet=data))
             except Exception:
-                log.exception("socket %s: a message failed", sid)
+                log.exception("socket %s: a message failed", sid, extra={"socket": sid})
             if socket.closed:
                 return
 
