@@ -29,7 +29,7 @@ from .core.dataplane import DataPlane
 from .core.metrics import Counters
 from .core.supervisor import Supervisor
 from .frontend.gateway import Gateway
-from .http import history, metrics, rest
+from .http import dashboard, history, metrics, openapi, rest
 from .http.services import SERVICES, Services
 from .persistence.factory import create_store
 from .persistence.store import Store
@@ -80,6 +80,14 @@ class Hub:
         rest.add_routes(app)
         history.add_routes(app)
         metrics.add_routes(app, self.settings.metrics_token)
+        openapi.add_routes(app)
+        dashboard.add_routes(
+            app,
+            production=self.settings.production,
+            tiles=self.settings.map_tiles,
+            attribution=self.settings.map_attribution,
+            rules=self.engine.rules,
+        )
         app.cleanup_ctx.append(self._lifespan)
         app.on_shutdown.append(self._shutdown)
         return app

@@ -15,7 +15,7 @@ the device sent. Rows show up once the write-behind has committed them.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -72,8 +72,10 @@ class AlertItem(Struct, frozen=True):
     data: Raw
 
 
-class HistoryPage(Struct, frozen=True):
-    items: list[Any]
+class HistoryPage(Struct, Generic[T], frozen=True):
+    """One page of history, newest first; ``nextCursor`` is null on the last page."""
+
+    items: list[T]
     nextCursor: str | None
 
 
