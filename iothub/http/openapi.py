@@ -16,12 +16,12 @@ and that every example answer in the README validates against it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from .. import __version__
 from ..core.protocol import Connections, Delivery, DeviceInfo, DirectedMessage, Email, Envelope, ErrorEnvelope, Imei
 from .history import AlertItem, AlertQuery, HistoryPage, HistoryQuery, TelemetryItem
 from .rest import Health, Status
@@ -178,7 +178,7 @@ def document() -> dict[str, Any]:
         del schemas[name]  # described as parameters, not as a body
     return {
         "openapi": "3.1.0",
-        "info": {"title": "IoT Hub REST API", "version": __version__, "description": "Every answer is {success, message, data?}; "
+        "info": {"title": "IoT Hub REST API", "version": version("iothub"), "description": "Every answer is {success, message, data?}; "
                  "a failure adds code and has the status its code names."},
         "paths": paths,
         "components": {
