@@ -33,17 +33,59 @@ from .services import SERVICES
 PATH = "/metrics"
 
 
-def _sum(maps: Iterable[Mapping[str, int]]) -> dict[str, int]:
+Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+#: The families that are one number per gateway, summed: (type, name, help, the snapshot's field).
+PLAIN: tuple[tuple[Family, str, str, str], ...] = (
+    (GaugeMetricFamily, "iothub_devices_online", "Devices registered on a connected socket", "devices_online"),
+    (CounterMetricFamily, "iothub_connects", "Socket.IO connections accepted", "connects"),
+    (
+        CounterMetricFamily, "iothub_received_bytes",
+        "Socket.IO traffic received: WebSocket frames (headers included, before decompression) and long-polling request bodies",
+        "bytes_received",
+    ),
+    (
+        CounterMetricFamily, "iothub_sent_bytes",
+        "Socket.IO traffic sent: WebSocket frames (headers included, before compression) and long-polling response bodies",
+        "bytes_sent",
+    ),
+)  # fmt: skip
+#: The families with one label, summed label by label: (type, name, help, label, the snapshot's field).
+LABELLED: tuple[tuple[Family, str, str, str, str], ...] = (
+    (
+        GaugeMetricFamily, "iothub_connected_sockets",
+        "Connected Socket.IO sockets, by role: registered a device, subscribed to an e-mail, or neither", "role", "sockets",
+    ),
+    (CounterMetricFamily, "iothub_disconnects", "Socket.IO connections ended, by reason", "reason", "disconnects"),
+    (
+        CounterMetricFamily, "iothub_auth_failures",
+        "Tokens refused (missing, invalid or expired), by interface: a socket's handshake or a REST request", "interface", "auth_failures",
+    ),
+    (
+        CounterMetricFamily, "iothub_events_received", "Socket.IO events received, by event name (other: any other name)", "event",
+        "events_received",
+    ),
+    (
+        CounterMetricFamily, "iothub_packets_sent",
+        "Socket.IO packets queued to sockets, one per recipient, by event name "
+        "(ack: acknowledgements; other: operators' broadcasts and directed messages)", "event", "packets_sent",
+    ),
+    (
+        CounterMetricFamily, "iothub_refusals", "Socket.IO events refused, and sockets cut off as too slow, by reason", "reason",
+        "refusals",
+    ),
+)  # fmt: skip
+
+
+def _labelled(family: Family, name: str, documentation: str, label: str, counts: Iterable[Mapping[str, int]]) -> Metric:
+    """One family with one label, the counts of every gateway added up label by label."""
     total: Counter[str] = Counter()
-    for counts in maps:
-        total.update(counts)
-    return dict(total)
-
-
-def _labelled(family: CounterMetricFamily | GaugeMetricFamily, values: Mapping[str, int]) -> CounterMetricFamily | GaugeMetricFamily:
-    for label, value in sorted(values.items()):
-        family.add_metric([label], value)
-    return family
+    for each in counts:
+        total.update(each)
+    metric = family(name, documentation, labels=[label])
+    for value, count in sorted(total.items()):
+        metric.add_metric([value], count)
+    return metric
 
 
 def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> HistogramMetricFamily:
@@ -65,59 +107,10 @@ class HubCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         gateways = self.gateways()
         store = self.store()
-
-        def summed(field: Callable[[GatewayMetrics], Mapping[str, int]]) -> dict[str, int]:
-            return _sum(field(gateway) for gateway in gateways)
-
-        yield _labelled(
-            GaugeMetricFamily(
-                "iothub_connected_sockets",
-                "Connected Socket.IO sockets, by role: registered a device, subscribed to an e-mail, or neither",
-                labels=["role"],
-            ),
-            summed(lambda g: g.sockets),
-        )
-        yield GaugeMetricFamily("iothub_devices_online", "Devices registered on a connected socket", value=sum(g.devices_online for g in gateways))
-        yield CounterMetricFamily("iothub_connects", "Socket.IO connections accepted", value=sum(g.connects for g in gateways))
-        yield _labelled(
-            CounterMetricFamily("iothub_disconnects", "Socket.IO connections ended, by reason", labels=["reason"]),
-            summed(lambda g: g.disconnects),
-        )
-        yield _labelled(
-            CounterMetricFamily(
-                "iothub_auth_failures",
-                "Tokens refused (missing, invalid or expired), by interface: a socket's handshake or a REST request",
-                labels=["interface"],
-            ),
-            summed(lambda g: g.auth_failures),
-        )
-        yield _labelled(
-            CounterMetricFamily("iothub_events_received", "Socket.IO events received, by event name (other: any other name)", labels=["event"]),
-            summed(lambda g: g.events_received),
-        )
-        yield _labelled(
-            CounterMetricFamily(
-                "iothub_packets_sent",
-                "Socket.IO packets queued to sockets, one per recipient, by event name "
-                "(ack: acknowledgements; other: operators' broadcasts and directed messages)",
-                labels=["event"],
-            ),
-            summed(lambda g: g.packets_sent),
-        )
-        yield CounterMetricFamily(
-            "iothub_received_bytes",
-            "Socket.IO traffic received: WebSocket frames (headers included, before decompression) and long-polling request bodies",
-            value=sum(g.bytes_received for g in gateways),
-        )
-        yield CounterMetricFamily(
-            "iothub_sent_bytes",
-            "Socket.IO traffic sent: WebSocket frames (headers included, before compression) and long-polling response bodies",
-            value=sum(g.bytes_sent for g in gateways),
-        )
-        yield _labelled(
-            CounterMetricFamily("iothub_refusals", "Socket.IO events refused, and sockets cut off as too slow, by reason", labels=["reason"]),
-            summed(lambda g: g.refusals),
-        )
+        for family, name, documentation, field in PLAIN:
+            yield family(name, documentation, value=sum(getattr(gateway, field) for gateway in gateways))
+        for family, name, documentation, label, field in LABELLED:
+            yield _labelled(family, name, documentation, label, (getattr(gateway, field) for gateway in gateways))
         alerts = CounterMetricFamily("iothub_alerts", "Alerts raised (and not held back by a cooldown), by code and level", labels=["code", "level"])
         raised: Counter[tuple[str, str]] = Counter()
         for gateway in gateways:
@@ -138,10 +131,8 @@ class HubCollector(Collector):
         yield GaugeMetricFamily("iothub_writebehind_backlog_rows", "Rows taken by the write-behind and not yet committed", value=store.backlog)
         yield _histogram("iothub_store_commit_seconds", "Time to commit one write-behind batch to the store", store.commit)
         yield _labelled(
-            CounterMetricFamily(
-                "iothub_store_errors", "Failed store operations, by operation: write (a batch, retried) or read", labels=["operation"]
-            ),
-            store.errors,
+            CounterMetricFamily, "iothub_store_errors", "Failed store operations, by operation: write (a batch, retried) or read", "operation",
+            [store.errors],
         )
 
 
