@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-image bench build clean
+.PHONY: serve test test-image bench build vendor clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard iothub/core/*.pyx)
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(STAMP)
 	$(BIN)/iothub bench --scenario burst --server iothub --server iothub:memory --rounds 5
 	$(BIN)/iothub bench --scenario burst --server iothub --server baseline --rounds 3
 	$(BIN)/iothub bench --scenario fleet --server iothub --server iothub:memory --server baseline
+
+# The dashboard page's browser libraries (socket.io-client, Leaflet, uPlot) from npm, at the
+# versions pinned in scripts/vendor.sh, into iothub/http/static/vendor/ with their licences.
+vendor:
+	scripts/vendor.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info iothub/core/*.so iothub/core/*.c

@@ -8,6 +8,7 @@ ratio means something on any machine.
 from __future__ import annotations
 
 import json
+from time import perf_counter_ns
 
 import msgspec
 import pytest
@@ -15,10 +16,11 @@ import pytest
 from iothub.core.alerts import AlertEngine, EvaluatorKind
 from iothub.core.commands import Register, Subscribe
 from iothub.core.dataplane import DataPlane
+from iothub.core.metrics import ACK_SLOT, TELEMETRY_DATA, Counters
 from iothub.core.protocol import TelemetryData, TelemetryDataEvent, TelemetryUpdate, decode_event, encode
 from iothub.core.supervisor import Supervisor
 from iothub.frontend.packets import EventPacket, event_text, split_event
-from iothub.frontend.transport import FramedPacket
+from iothub.frontend.transport import FramedPacket, masked_frame_size
 from iothub.persistence.memory import MemoryStore
 from iothub.persistence.writebehind import WriteBehind
 
@@ -124,3 +126,21 @@ async def test_fan_out(benchmark) -> None:
     assert isinstance(message, TelemetryData)
     benchmark(plane.telemetry, "device", message)
     assert outbox.sent >= 10
+
+
+
+def test_counting_one_message(benchmark) -> None:
+    """What ``/metrics`` adds to one telemetry message with one dashboard, as the pump and the gateway count it."""
+    counters = Counters(AlertEngine().rules)
+
+    def count(text: str) -> None:
+        counters.bytes_in += masked_frame_size(len(text) if text.isascii() else len(text.encode()))  # the pump reads it
+        received = perf_counter_ns()  # the gateway takes it
+        counters.sent_to("telemetry_update", 1)  # the data plane's fan-out
+        counters.fanout.observe(perf_counter_ns() - received)  # taken → last dashboard packet queued
+        counters.received[TELEMETRY_DATA] += 1
+        counters.sent[ACK_SLOT] += 1  # the reply
+        counters.bytes_out += 180  # the pump's write at the end of the loop turn
+
+    benchmark(count, TELEMETRY)
+    assert counters.received[TELEMETRY_DATA] == sum(counters.fanout.counts) > 0

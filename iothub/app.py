@@ -25,9 +25,10 @@ from .config import ConfigError, Settings
 from .core.alerts import AlertEngine
 from .core.auth import Authenticator
 from .core.dataplane import DataPlane
+from .core.metrics import Counters
 from .core.supervisor import Supervisor
 from .frontend.gateway import Gateway
-from .http import history, rest
+from .http import dashboard, history, metrics, openapi, rest
 from .http.services import SERVICES, Services
 from .persistence.factory import create_store
 from .persistence.store import Store
@@ -62,9 +63,10 @@ class Hub:
             batch_rows=settings.batch_rows,
             flush_interval=settings.flush_interval_ms / 1000,
         )
-        self.gateway = Gateway(settings, self.authenticator)
+        counters = Counters(self.engine.rules)
+        self.gateway = Gateway(settings, self.authenticator, counters)
         self.plane = DataPlane(
-            GATEWAY_NAME, self.engine, self.gateway, self.write_behind, alert_cooldown_ms=settings.alert_cooldown_ms
+            GATEWAY_NAME, self.engine, self.gateway, self.write_behind, alert_cooldown_ms=settings.alert_cooldown_ms, counters=counters
         )
         self.supervisor = Supervisor(self.write_behind, heartbeat_timeout_ms=settings.heartbeat_timeout_ms)
         self.supervisor.add_gateway(GATEWAY_NAME, self.plane)
@@ -98,6 +100,15 @@ class Hub:
         self.gateway.attach(app)
         rest.add_routes(app)
         history.add_routes(app)
+        metrics.add_routes(app, self.settings.metrics_token)
+        openapi.add_routes(app)
+        dashboard.add_routes(
+            app,
+            production=self.settings.production,
+            tiles=self.settings.map_tiles,
+            attribution=self.settings.map_attribution,
+            rules=self.engine.rules,
+        )
         app.cleanup_ctx.append(self._lifespan)
         app.on_shutdown.append(self._shutdown)
         return app

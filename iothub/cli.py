@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
+from . import logs
 from .config import ENVIRONMENT, ConfigError, Settings, flag_of
 from .core.auth import ROLES, Authenticator
 from .loop import new_event_loop
@@ -93,17 +93,14 @@ def serve(overrides: dict[str, str | None]) -> int:
 
     settings = Settings.load(None, **overrides)
     ssl_context = server_context(settings)  # before anything else: a TLS file it cannot use is a ConfigError
-    logging.basicConfig(
-        level=logging.DEBUG if settings.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_format, debug=bool(settings.debug))
     hub = Hub(settings)
     web.run_app(
         hub.application(),
         host=settings.bind_host,
         port=settings.port,
         ssl_context=ssl_context,
-        print=lambda _banner: print(hub.describe(), flush=True),
+        print=lambda _banner: logs.announce(hub.describe(), settings.log_format),
         loop=new_event_loop(),
         access_log=None,
         shutdown_timeout=REQUEST_GRACE_S,

@@ -22,6 +22,7 @@ from .core.rules import DEFAULT_RULES, AlertRule, merge_rules
 
 Environment = Literal["development", "production"]
 Evaluator = Literal["compiled", "reference"]
+LogFormat = Literal["text", "json"]
 StoreKind = Literal["auto", "sqlite", "mongodb", "memory"]
 
 #: Secrets that appear in examples and so protect nothing.
@@ -72,6 +73,10 @@ class Settings(Struct, frozen=True, kw_only=True):
     max_queued_bytes: int = 512 * 1024
     connect_timeout_ms: int = 45_000
     max_backlog_age_ms: int = 1_000
+    metrics_token: str | None = None
+    map_tiles: str | None = None
+    map_attribution: str | None = None
+    log_format: LogFormat = "text"
     rules: tuple[AlertRule, ...] = field(default=DEFAULT_RULES)
 
     @property
@@ -194,6 +199,10 @@ ENVIRONMENT: dict[str, str] = {
     "max_queued_bytes": "IOTHUB_MAX_QUEUED_BYTES",
     "connect_timeout_ms": "IOTHUB_CONNECT_TIMEOUT_MS",
     "max_backlog_age_ms": "IOTHUB_MAX_BACKLOG_AGE_MS",
+    "metrics_token": "IOTHUB_METRICS_TOKEN",
+    "map_tiles": "IOTHUB_MAP_TILES",
+    "map_attribution": "IOTHUB_MAP_ATTRIBUTION",
+    "log_format": "LOG_FORMAT",
 }
 
 

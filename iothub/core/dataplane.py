@@ -38,7 +38,7 @@ from .commands import (
 )
 from .device import DeviceActor
 from .errors import ErrorCode, ProtocolError
-from .metrics import Meters, Rates
+from .metrics import Counters, GatewayMetrics, Meters, Rates
 from .protocol import AlertEvent, DeviceInfo, HeartbeatAck, LastTelemetry, TelemetryData, TelemetryUpdate, encode, is_imei
 from .records import AlertRecord, Commit, Recorder, TelemetryRecord
 
@@ -61,6 +61,7 @@ class DataPlane:
         *,
         alert_cooldown_ms: int = 0,
         clock: Callable[[], int] = now_ms,
+        counters: Counters | None = None,
     ) -> None:
         #: The gateway's name in the supervisor's tables.
         self.name = name
@@ -70,6 +71,8 @@ class DataPlane:
         self.alert_cooldown_ms = alert_cooldown_ms
         self.clock = clock
         self.meters = Meters()
+        #: The gateway's counters for ``/metrics``: the front end counts its traffic in them, the plane its alerts.
+        self.counters = counters if counters is not None else Counters(engine.rules)
         self._sockets: set[str] = set()
         self._live: dict[str, DeviceActor] = {}
         #: A tuple, not a set or a list: a socket registers one device, a gateway box a few; a
@@ -145,6 +148,13 @@ class DataPlane:
         """Telemetry, alerts, deliveries and refusals: totals and per-second rates, for ``/api/realtime/status``."""
         return self.meters.snapshot(now)
 
+    def metrics(self) -> GatewayMetrics:
+        """The counters, and the gauges of this gateway's tables: sockets by what they do, devices online."""
+        devices = sum(1 for imeis in self._socket_devices.values() if imeis)
+        dashboards = sum(1 for sid, emails in self._socket_subscriptions.items() if emails and not self._socket_devices.get(sid))
+        sockets = {"device": devices, "dashboard": dashboards, "other": len(self._sockets) - devices - dashboards}
+        return self.counters.snapshot(self.name, sockets, len(self._live))
+
     def _device_of(self, sid: str, imei: str) -> DeviceActor:
         device = self._live.get(imei)
         if device is None or device.sid != sid:
@@ -169,6 +179,7 @@ class DataPlane:
             return
         alert = self.engine.alerts[index]
         self.meters.alerts.mark(now)
+        self.counters.alerts[index] += 1
         if subscribers:
             event = AlertEvent(type=rule.event_name, imei=device.imei, timestamp=timestamp, data=raw, alert=alert)
             self.meters.deliveries.mark(now, self.outbox.send(subscribers, rule.event_name, encode(event)))

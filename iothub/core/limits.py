@@ -55,20 +55,13 @@ class AddressLimits:
         self.auth_failures = auth_failures
         self.ban_seconds = ban_seconds
         self.connections = 0
-        self.refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
         self._open: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._failures: dict[str, tuple[float, int]] = {}
         self._banned_until: dict[str, float] = {}
 
     def admit(self, address: str, now: float) -> Refusal | None:
-        """Whether a new connection from ``address`` may open now (None: it may); counts refusals."""
-        refusal = self._refusal(address, now)
-        if refusal is not None:
-            self.refused[refusal] += 1
-        return refusal
-
-    def _refusal(self, address: str, now: float) -> Refusal | None:
+        """Whether a new connection from ``address`` may open now (None: it may)."""
         if self.banned_for(address, now):
             return Refusal.BANNED
         if self.max_connections and self.connections >= self.max_connections:

@@ -10,7 +10,7 @@ sockets receive them.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
@@ -321,11 +321,23 @@ class Delivery(Struct, frozen=True):
     recipients: int
 
 
-class Envelope(Struct, frozen=True, omit_defaults=True):
+T = TypeVar("T")
+
+
+class Envelope(Struct, Generic[T], frozen=True, omit_defaults=True):
+    """Every REST answer that succeeds; ``Envelope[Connections]`` and the like describe each one in OpenAPI."""
+
     success: bool
     message: str
-    data: Any = UNSET
-    code: ErrorCode | UnsetType = UNSET
+    data: T | UnsetType = UNSET
+
+
+class ErrorEnvelope(Struct, frozen=True):
+    """Every REST answer that fails, with the status of its code."""
+
+    message: str
+    code: ErrorCode
+    success: Literal[False] = False
 
 
 encode = msgspec.json.Encoder().encode

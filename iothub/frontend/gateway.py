@@ -27,6 +27,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Collection
+from time import perf_counter_ns
 from typing import Any, NamedTuple
 
 import socketio
@@ -39,7 +40,8 @@ from ..core.auth import Authenticator, Principal
 from ..core.commands import Register, Subscribe, Unsubscribe, ok
 from ..core.dataplane import DataPlane
 from ..core.errors import ErrorCode, ProtocolError
-from ..core.limits import AddressLimits, client_address
+from ..core.limits import AddressLimits, Refusal, client_address
+from ..core.metrics import ACK_SLOT, TELEMETRY_DATA, Counters, received_index
 from ..core.protocol import (
     Failure,
     HeartbeatEvent,
@@ -55,7 +57,7 @@ from ..core.ratelimit import TokenBucket
 from ..core.records import Commit
 from ..core.supervisor import Supervisor
 from .compat import BINARY, SocketIOServer
-from .packets import EventPacket, ack_text, event_text
+from .packets import EventPacket, ack_text, event_name_of, event_text
 from .transport import BoundedQueue, FramedPacket, Pinger, ReadGate, refusal, refusal_log, routes, websocket_class
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,18 @@ class EngineSession:
         self.pinger = pinger
 
 
+def library_logger(name: str, verbose: bool) -> logging.Logger:
+    """python-socketio's or python-engineio's logger: informative when ``DEBUG`` asks, else errors only.
+
+    Given as a logger rather than a flag, so that the library adds no handler
+    of its own: its lines go through the server's handler and format
+    (:mod:`iothub.logs`), tokens blanked, and each once.
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    return logger
+
+
 class Session:
     """What the gateway knows of one connected socket."""
 
@@ -122,7 +136,7 @@ class Session:
 
 
 class Gateway(SocketIOServer):
-    def __init__(self, settings: Settings, authenticator: Authenticator) -> None:
+    def __init__(self, settings: Settings, authenticator: Authenticator, counters: Counters) -> None:
         debug = settings.debug or ""
         super().__init__(
             async_mode="aiohttp",
@@ -133,12 +147,14 @@ class Gateway(SocketIOServer):
             max_http_buffer_size=settings.max_payload_bytes + TRANSPORT_SLACK_BYTES,
             ping_interval=settings.ping_interval_ms / 1000,
             ping_timeout=settings.ping_timeout_ms / 1000,
-            logger="socket.io" in debug or debug == "*",
-            engineio_logger="engine" in debug or debug == "*",
+            logger=library_logger("socketio.server", "socket.io" in debug or debug == "*"),
+            engineio_logger=library_logger("engineio.server", "engine" in debug or debug == "*"),
         )
         self.use_transport(websocket_class(settings.ws_compression, self), routes(self))
         self.settings = settings
         self.authenticator = authenticator
+        #: This gateway's counters for ``/metrics`` (shared with its data plane).
+        self.counters = counters
         self.limits = AddressLimits(
             max_connections=settings.max_connections,
             max_per_address=settings.max_connections_per_address,
@@ -148,9 +164,6 @@ class Gateway(SocketIOServer):
         )
         self.gate = ReadGate()
         self.max_queued_bytes = settings.max_queued_bytes
-        #: Sockets cut off as too slow, and Engine.IO sessions closed for never sending Socket.IO's CONNECT.
-        self.cut_off = 0
-        self.connect_timeouts = 0
         self._sessions: dict[str, Session] = {}
         self._engine_sessions: dict[str, EngineSession] = {}
         #: Closes under way (kept: a task nobody references may be collected).
@@ -198,6 +211,7 @@ class Gateway(SocketIOServer):
             if socket is not None and not socket.closing and not socket.closed:
                 socket.queue.put_nowait(message)
                 sent += 1
+        self.counters.sent_to(event, sent)
         return sent
 
     def _send_text(self, eio_sid: str, text: str) -> None:
@@ -218,6 +232,7 @@ class Gateway(SocketIOServer):
         refused = self.limits.admit(self.address_of(request), time.monotonic())
         if refused is None:
             return None
+        self.counters.refusals["banned" if refused is Refusal.BANNED else "connection_limit"] += 1
         response = refusal(refused.status, ErrorCode.RATE_LIMITED, refused.message)
         if refused.status == 429:
             response.headers["Retry-After"] = str(max(1, round(self.limits.banned_for(self.address_of(request), time.monotonic()))))
@@ -226,7 +241,7 @@ class Gateway(SocketIOServer):
     def too_slow(self, socket: AsyncSocket) -> None:
         if socket.closing or socket.closed:
             return
-        self.cut_off += 1
+        self.counters.refusals["too_slow"] += 1
         refusal_log.warning("socket %s: more than %d bytes queued towards it: cut off as too slow", socket.sid, self.max_queued_bytes)
         self._close_engine_socket(socket, socket.server.reason.TRANSPORT_ERROR)
 
@@ -252,7 +267,7 @@ class Gateway(SocketIOServer):
     def _connect_overdue(self, socket: AsyncSocket) -> None:
         """An Engine.IO session that has not sent Socket.IO's CONNECT in time is closed."""
         if not socket.closing and not socket.closed and self.manager.sid_from_eio_sid(socket.sid, NAMESPACE) is None:
-            self.connect_timeouts += 1
+            self.counters.refusals["connect_timeout"] += 1
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
             self._close_engine_socket(socket, socket.server.reason.TRANSPORT_CLOSE)
 
@@ -270,6 +285,8 @@ class Gateway(SocketIOServer):
         except ProtocolError as error:
             if engine_session is not None:
                 self.limits.auth_failed(engine_session.address, time.monotonic())
+            self.counters.auth_failures["socket"] += 1
+            log.info("socket %s refused: %s", sid, error.message, extra={"socket": sid})
             raise socketio.exceptions.ConnectionRefusedError(error.message, {"code": error.code}) from None
         if engine_session is not None:
             engine_session.deadline.cancel()
@@ -281,6 +298,7 @@ class Gateway(SocketIOServer):
             expiry = asyncio.get_running_loop().call_later(delay, self._token_expired, sid)
         self._sessions[sid] = Session(principal, budget, expiry)
         self.plane.connect(sid)
+        self.counters.connects += 1
 
     def _token_expired(self, sid: str) -> None:
         """A socket's token has expired: the socket ends (the client connects again with a fresh one)."""
@@ -289,6 +307,7 @@ class Gateway(SocketIOServer):
         task.add_done_callback(self._closing.discard)
 
     async def _on_disconnect(self, sid: str, reason: object = None) -> None:
+        self.counters.disconnected(reason)
         session = self._sessions.pop(sid, None)
         if session is not None and session.expiry is not None:
             session.expiry.cancel()
@@ -298,18 +317,24 @@ class Gateway(SocketIOServer):
 
     async def handle_event(self, eio_sid: str, namespace: str | None, ack_id: int | None, data: Any) -> None:
         """One EVENT from a connected socket (no session: not connected on the default namespace, dropped)."""
+        received = perf_counter_ns()
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
         session = self._sessions.get(sid) if sid is not None else None
         if session is None:
             return
+        counters = self.counters
         try:
-            reply_event, reply = await self._dispatch(sid, session, data)
+            reply_event, reply = await self._dispatch(sid, session, data, received)
         except ProtocolError as error:
             reply_event, reply = "error", encode(Failure.of(error))
             self.plane.refused()
+            counters.received[received_index(event_name_of(data))] += 1
+            counters.refused(error.code)
         except Exception:
-            log.exception("event from socket %s failed", sid)
+            log.exception("event from socket %s failed", sid, extra={"socket": sid})
             reply_event, reply = "error", encode(INTERNAL_FAILURE)
+            counters.received[received_index(event_name_of(data))] += 1
+            counters.refused(ErrorCode.INTERNAL)
         if isinstance(reply, Deferred):
             reply.committed.add_done_callback(functools.partial(self._reply_committed, eio_sid, ack_id, reply_event, reply.payload))
         else:
@@ -318,8 +343,10 @@ class Gateway(SocketIOServer):
     def _reply(self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes) -> None:
         if ack_id is not None:
             self._send_text(eio_sid, ack_text(ack_id, payload))
+            self.counters.sent[ACK_SLOT] += 1
         elif reply_event is not None:
             self._send_text(eio_sid, event_text(reply_event, payload))
+            self.counters.sent_to(reply_event, 1)
 
     def _reply_committed(
         self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes, committed: asyncio.Future[None]
@@ -332,8 +359,14 @@ class Gateway(SocketIOServer):
         """``telemetry_processed``, held back until ``commit`` when acknowledgements are durable."""
         return Deferred(TELEMETRY_PROCESSED, commit.committed()) if self.settings.durable_ack else TELEMETRY_PROCESSED
 
-    async def _dispatch(self, sid: str, session: Session, data: Any) -> tuple[str | None, bytes | Deferred]:
-        """Run one event; return the reply event's name and its encoded payload (or the promise of it)."""
+    async def _dispatch(self, sid: str, session: Session, data: Any, received: int) -> tuple[str | None, bytes | Deferred]:
+        """Run one event; return the reply event's name and its encoded payload (or the promise of it).
+
+        ``received``: when the gateway took the event (``perf_counter_ns``), for
+        the telemetry fan-out histogram: taken to the last dashboard packet queued.
+        An event is counted by name here when it succeeds; :meth:`handle_event`
+        counts those that fail, by the name their text starts with.
+        """
         if session.budget is not None and not session.budget.take(time.monotonic()):
             raise ProtocolError(ErrorCode.RATE_LIMITED, "too many events: slow down")
         if not isinstance(data, str):
@@ -344,31 +377,38 @@ class Gateway(SocketIOServer):
         if len(data) > limit // 4 and len(data.encode()) > limit:
             raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"an event may carry at most {limit} bytes")
         plane = self.plane
+        counters = self.counters
         commit = plane.telemetry_event(sid, data)
         if commit is not None:
+            counters.fanout.observe(perf_counter_ns() - received)
+            counters.received[TELEMETRY_DATA] += 1
             return TelemetryDataEvent.reply_event, self._processed(commit)
         event = decode_event(data)
         principal = session.principal
+        reply: bytes | Deferred
         match event:
             case TelemetryDataEvent(payload=message):
-                return event.reply_event, self._processed(plane.telemetry(sid, message))
+                commit = plane.telemetry(sid, message)
+                counters.fanout.observe(perf_counter_ns() - received)
+                reply = self._processed(commit)
             case HeartbeatEvent(payload=message):
-                return event.reply_event, encode(plane.heartbeat(sid, message.imei))
+                reply = encode(plane.heartbeat(sid, message.imei))
             case RegisterDeviceEvent(payload=message):
                 if not principal.may_register(message.imei):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not register {message.imei}")
                 if message.userEmail is not None and not principal.may_set_owner(message.userEmail):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not make {message.userEmail} a device's owner")
-                registered = encode(ok(await self.supervisor.register(Register(plane.name, sid, message.imei, message.userEmail))))
+                reply = encode(ok(await self.supervisor.register(Register(plane.name, sid, message.imei, message.userEmail))))
                 if message.userEmail is not None and self.registry_committed is not None:
-                    return event.reply_event, Deferred(registered, self.registry_committed())
-                return event.reply_event, registered
+                    reply = Deferred(reply, self.registry_committed())
             case SubscribeUserEvent(payload=message):
                 if not principal.may_subscribe(message.email):
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"this token may not subscribe to {message.email}")
-                subscribed = await self.supervisor.subscribe(Subscribe(plane.name, sid, message.email))
-                return event.reply_event, encode(ok(subscribed))
+                reply = encode(ok(await self.supervisor.subscribe(Subscribe(plane.name, sid, message.email))))
             case UnsubscribeUserEvent(payload=message):
-                return event.reply_event, encode(await self.supervisor.unsubscribe(Unsubscribe(plane.name, sid, message.email)))
-        raise AssertionError(f"unhandled event {event!r}")
+                reply = encode(await self.supervisor.unsubscribe(Unsubscribe(plane.name, sid, message.email)))
+            case _:
+                raise AssertionError(f"unhandled event {event!r}")
+        counters.received[received_index(str(event.__struct_config__.tag))] += 1
+        return event.reply_event, reply
 

@@ -10,6 +10,7 @@ per message however many sockets it goes to.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -19,6 +20,8 @@ _encode_str = msgspec.json.Encoder().encode
 
 #: Clients number their acknowledgements from 0 up; an id longer than this is a malformed packet.
 MAX_ACK_ID_DIGITS = 10
+#: An EVENT array's name, read from its first characters only: a refused event is not decoded to be counted.
+_EVENT_NAME = re.compile(r'\[\s*"([A-Za-z_]{1,64})"\s*[,\]]')
 
 
 def _verbatim(text: str) -> str:
@@ -72,3 +75,11 @@ def event_text(event: str, payload: bytes | None) -> str:
 def ack_text(ack_id: int, payload: bytes) -> str:
     """The text of an ACK packet on the default namespace: ``3<id>[payload]``."""
     return f"3{ack_id}[" + payload.decode() + "]"
+
+
+def event_name_of(data: Any) -> str | None:
+    """The event name an EVENT's text starts with, if it is a plain one; None otherwise (for counting, not for dispatch)."""
+    if not isinstance(data, str):
+        return None
+    match = _EVENT_NAME.match(data, 0, 80)
+    return match[1] if match else None

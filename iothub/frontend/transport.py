@@ -31,7 +31,8 @@ from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
 from ..core.errors import ErrorCode
-from ..core.protocol import Envelope, encode
+from ..core.metrics import Counters
+from ..core.protocol import ErrorEnvelope, encode
 from ..core.ratelimit import RateLimitedLog
 from .compat import WebSocketDriver, websocket_driver
 
@@ -63,6 +64,12 @@ def frame(encoded: str | bytes) -> bytes:
     if length < 65536:
         return struct.pack("!BBH", opcode, 126, length) + payload
     return struct.pack("!BBQ", opcode, 127, length) + payload
+
+
+def frame_size(encoded: str | bytes) -> int:
+    """The bytes of :func:`frame`'s frame of ``encoded``, without building it."""
+    size = len(encoded) if isinstance(encoded, bytes) or encoded.isascii() else len(encoded.encode())
+    return size + (2 if size < 126 else 4 if size < 65536 else 10)
 
 
 def frame_of(packet: eio_packet.Packet) -> bytes:
@@ -111,6 +118,8 @@ class Guard(Protocol):
     gate: ReadGate
     #: Bytes a socket may have queued towards it before it is cut off as too slow.
     max_queued_bytes: int
+    #: The gateway's counters: bytes in and out, refusals.
+    counters: Counters
 
     def admit(self, request: web.Request) -> web.StreamResponse | None:
         """None when a new Engine.IO session may open; else the refusal to answer with."""
@@ -124,7 +133,7 @@ class Guard(Protocol):
 def refusal(status: int, code: ErrorCode, message: str) -> web.Response:
     """PROTOCOL.md's envelope, for a request the transport refuses; the connection closes after it."""
     response = web.Response(
-        body=encode(Envelope(success=False, message=message, code=code)), status=status, content_type="application/json"
+        body=encode(ErrorEnvelope(message, code)), status=status, content_type="application/json"
     )
     response.force_close()
     return response
@@ -143,6 +152,11 @@ def websocket_class(compress: bool, guard: Guard) -> WebSocketDriver:
         request[PUMP] = Pump(socket, ws, request, compress, guard)
 
     return websocket_driver(open_pump, compress)
+
+
+def masked_frame_size(payload: int) -> int:
+    """The bytes of a client's WebSocket frame (masked, unfragmented) that carries ``payload`` bytes."""
+    return payload + (6 if payload < 126 else 8 if payload < 65536 else 14)
 
 
 def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
@@ -164,6 +178,8 @@ def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
             pump = request.get(PUMP)
             if pump is not None:
                 await pump.run()
+            elif isinstance(response, web.Response) and isinstance(response.body, bytes):
+                guard.counters.bytes_out += len(response.body)
             return response
 
         async def post(request: web.Request) -> web.StreamResponse:
@@ -172,9 +188,13 @@ def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
                 return refusal(411, ErrorCode.INVALID_PAYLOAD, "a polling POST needs a Content-Length")
             if length > server.max_http_buffer_size:
                 return refusal(413, ErrorCode.PAYLOAD_TOO_LARGE, f"a polling POST may carry at most {server.max_http_buffer_size} bytes")
+            guard.counters.bytes_in += length
             if guard.gate.paused:
                 await guard.gate.wait()
-            return await server.handle_request(request)
+            response = await server.handle_request(request)
+            if isinstance(response, web.Response) and isinstance(response.body, bytes):
+                guard.counters.bytes_out += len(response.body)
+            return response
 
         app.router.add_get(endpoint, get)
         app.router.add_post(endpoint, post)
@@ -233,7 +253,7 @@ class Pump:
     """
 
     __slots__ = (
-        "socket", "server", "ws", "transport", "compress", "guard", "_loop", "_pending", "_closing", "_closer", "_sent", "_unsent",
+        "socket", "server", "ws", "transport", "compress", "guard", "counters", "_loop", "_pending", "_closing", "_closer", "_sent", "_unsent",
     )  # fmt: skip
 
     def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool, guard: Guard) -> None:
@@ -243,6 +263,8 @@ class Pump:
         self.transport = request.transport
         self.compress = compress
         self.guard = guard
+        #: Bytes in and out: frames as they cross the wire (headers included, before compression).
+        self.counters = guard.counters
         self._loop = asyncio.get_running_loop()
         #: Frames (or, compressed, texts) waiting for the end of this loop iteration.
         self._pending: list[Any] = []
@@ -308,14 +330,20 @@ class Pump:
         limit = self.server.max_http_buffer_size
         receive = self.ws.receive
         gate = self.guard.gate
+        counters = self.counters
         while True:
             if gate.paused:
                 await gate.wait()
             message = await receive()
-            if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
+            if message.type is WSMsgType.TEXT:
                 data = message.data
+                size = len(data) if data.isascii() else len(data.encode())  # isascii is a flag: O(1)
+            elif message.type is WSMsgType.BINARY:
+                data = message.data
+                size = len(data)
             else:
                 return
+            counters.bytes_in += masked_frame_size(size)
             if len(data) > limit:
                 return
             try:
@@ -326,6 +354,7 @@ class Pump:
                 else:
                     await socket.receive(eio_packet.Packet(encoded_packet=data))
             except Exception as exc:  # the libraries' parsers raise all sorts on malformed input
+                counters.refusals["protocol_error"] += 1
                 refusal_log.warning("socket %s: protocol error, closed: %s", sid, _one_line(exc))
                 return
             if socket.closed:
@@ -357,10 +386,13 @@ class Pump:
             if self.compress:
                 queued = self._unsent
                 self._unsent += sum(map(len, pending))
+                self.counters.bytes_out += sum(frame_size(text) for text in pending)
                 self._sent = asyncio.ensure_future(self._send_compressed(self._sent, pending))
             else:
                 queued = transport.get_write_buffer_size()
-                transport.write(b"".join(pending))
+                frames = b"".join(pending)
+                self.counters.bytes_out += len(frames)
+                transport.write(frames)
             if queued > self.guard.max_queued_bytes:
                 self.guard.too_slow(self.socket)
                 transport.abort()

@@ -15,7 +15,7 @@ the device sent. Rows show up once the write-behind has committed them.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -24,7 +24,7 @@ from msgspec import Meta, Raw, Struct, field
 from ..core.auth import Principal
 from ..core.errors import ErrorCode, ProtocolError
 from ..core.protocol import Imei, Millis, validation_error
-from ..persistence.store import InvalidCursor, Window, guarded
+from ..persistence.store import InvalidCursor, Window
 from .rest import respond
 from .services import SERVICES, Services
 
@@ -72,8 +72,10 @@ class AlertItem(Struct, frozen=True):
     data: Raw
 
 
-class HistoryPage(Struct, frozen=True):
-    items: list[Any]
+class HistoryPage(Struct, Generic[T], frozen=True):
+    """One page of history, newest first; ``nextCursor`` is null on the last page."""
+
+    items: list[T]
     nextCursor: str | None
 
 
@@ -82,7 +84,7 @@ async def telemetry(request: web.Request) -> web.Response:
     principal = _reader(services, request)
     query = _query(request, TelemetryQuery, imei=request.match_info["imei"])
     await _check_owner(services, principal, query.imei)
-    page = await _read(services.store.telemetry_history(query.imei, query.window()))
+    page = await _read(services, services.store.telemetry_history(query.imei, query.window()))
     items = [TelemetryItem(r.imei, r.timestamp, Raw(r.data), r.receivedAt) for r in page.items]
     return respond("Telemetry history retrieved successfully", HistoryPage(items, page.next_cursor))
 
@@ -98,7 +100,7 @@ async def alerts(request: web.Request) -> web.Response:
     elif principal.role != "admin":
         owner = principal.email or ""  # a verified user token always names one
         imeis = [device.imei for device in await services.write_behind.devices_of(owner)]
-    page = await _read(services.store.alert_history(query.window(), imeis=imeis, code=query.code, level=query.level))
+    page = await _read(services, services.store.alert_history(query.window(), imeis=imeis, code=query.code, level=query.level))
     items = [AlertItem(a.imei, a.timestamp, a.code, a.level, a.message, Raw(a.data)) for a in page.items]
     return respond("Alert history retrieved successfully", HistoryPage(items, page.next_cursor))
 
@@ -129,9 +131,9 @@ def _query(request: web.Request, kind: type[Q], **path: str) -> Q:
         raise validation_error(str(exc)) from None
 
 
-async def _read(read: Awaitable[T]) -> T:
+async def _read(services: Services, read: Awaitable[T]) -> T:
     try:
-        return await guarded(read)
+        return await services.write_behind.read(read)
     except InvalidCursor:
         raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "cursor is not one this server handed out") from None
 

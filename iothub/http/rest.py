@@ -11,16 +11,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
+from msgspec import UNSET, Meta, Struct, UnsetType
 
+from ..core.alerts import EvaluatorKind
 from ..core.auth import Principal
 from ..core.commands import Broadcast, SendToDevice, SendToUser, ok
 from ..core.errors import ErrorCode, ProtocolError
 from ..core.limits import client_address
-from ..core.protocol import Connections, DirectedMessage, Email, Envelope, Imei, encode, validation_error
+from ..core.metrics import Rates
+from ..core.protocol import Connections, DirectedMessage, Email, Envelope, ErrorEnvelope, Imei, encode, validation_error
 from .services import SERVICES
 
 log = logging.getLogger(__name__)
@@ -45,9 +48,33 @@ def respond(message: str, data: Any = msgspec.UNSET, status: int = 200) -> web.R
 
 
 def failure(code: ErrorCode, message: str, status: int) -> web.Response:
-    return web.Response(
-        body=encode(Envelope(success=False, message=message, code=code)), status=status, content_type="application/json"
-    )
+    return web.Response(body=encode(ErrorEnvelope(message, code)), status=status, content_type="application/json")
+
+
+class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``GET /health``: not the envelope (the seed's shape). ``store`` and ``backlog`` only while the store fails."""
+
+    status: Literal["OK", "DEGRADED"]
+    timestamp: Annotated[str, Meta(description="ISO 8601, UTC")]
+    uptime: Annotated[float, Meta(description="seconds")]
+    connectedDevices: int
+    connectedUsers: int
+    store: str | UnsetType = UNSET
+    backlog: int | UnsetType = UNSET
+
+
+class Status(Struct, frozen=True, kw_only=True):
+    """``GET /api/realtime/status``'s data: counts and message rates, nothing personal."""
+
+    connections: int
+    devices: int
+    users: int
+    messages: dict[str, Rates]
+    evaluator: EvaluatorKind
+    store: str
+    backlog: int
+    uptime: float
+    timestamp: int
 
 
 def rest_only(middleware: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]) -> Any:
@@ -86,13 +113,15 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except ProtocolError as error:
+        if error.code is ErrorCode.UNAUTHORIZED:
+            request.app[SERVICES].plane.counters.auth_failures["rest"] += 1
         return failure(error.code, error.message, error.http_status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return failure(_HTTP_CODES.get(exc.status, ErrorCode.INTERNAL), exc.reason, exc.status)
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, request.path, extra={"request": f"{request.method} {request.path}"})
         return failure(ErrorCode.INTERNAL, "internal error", 500)
 
 
@@ -112,15 +141,15 @@ async def health(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     degraded = services.write_behind.degraded
     counts = await services.supervisor.counts()
-    body = {
-        "status": "DEGRADED" if degraded else "OK",
-        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "uptime": round(services.uptime, 3),
-        "connectedDevices": counts.devices,
-        "connectedUsers": len(services.supervisor.users()),
-    }
-    if degraded:
-        body.update(store=services.store.name, backlog=services.write_behind.backlog)
+    body = Health(
+        status="DEGRADED" if degraded else "OK",
+        timestamp=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        uptime=round(services.uptime, 3),
+        connectedDevices=counts.devices,
+        connectedUsers=len(services.supervisor.users()),
+        store=services.store.name if degraded else UNSET,
+        backlog=services.write_behind.backlog if degraded else UNSET,
+    )
     return web.Response(body=encode(body), content_type="application/json")
 
 
@@ -131,17 +160,17 @@ async def status(request: web.Request) -> web.Response:
     now = supervisor.clock()
     return respond(
         "Real-time status retrieved successfully",
-        {
-            "connections": counts.connections,
-            "devices": counts.devices,
-            "users": len(supervisor.users()),
-            "messages": services.plane.rates(now),
-            "evaluator": services.evaluator,
-            "store": services.store.name,
-            "backlog": services.write_behind.backlog,
-            "uptime": round(services.uptime, 3),
-            "timestamp": now,
-        },
+        Status(
+            connections=counts.connections,
+            devices=counts.devices,
+            users=len(supervisor.users()),
+            messages=services.plane.rates(now),
+            evaluator=services.evaluator,
+            store=services.store.name,
+            backlog=services.write_behind.backlog,
+            uptime=round(services.uptime, 3),
+            timestamp=now,
+        ),
     )
 
 

@@ -30,10 +30,16 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable
+from time import perf_counter_ns
+from typing import TypeVar
 
 from ..core.errors import ErrorCode, ProtocolError
+from ..core.metrics import COMMIT_BUCKETS, Histogram, StoreMetrics
 from ..core.records import AlertRecord, DeviceRecord, TelemetryRecord
 from .store import Store, guarded
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,9 @@ class WriteBehind:
         self.backlog = 0
         #: Whether the last write failed (and is being retried).
         self.degraded = False
+        #: How long each batch took to commit, and how many writes and reads failed (``/metrics``).
+        self.commit_seconds = Histogram(COMMIT_BUCKETS)
+        self.errors = {"write": 0, "read": 0}
         self._open = Batch()
         self._queue: deque[Batch] = deque()
         #: imei → the newest batch that changes its owner, until that batch is committed.
@@ -154,12 +163,12 @@ class WriteBehind:
         pending = self._pending_owner(imei)
         if pending is not None:
             return pending
-        stored = await guarded(self.store.owner_of(imei))
+        stored = await self.read(self.store.owner_of(imei))
         return self._pending_owner(imei) or stored  # a change taken while the store answered is newer
 
     async def devices_of(self, email: str) -> list[DeviceRecord]:
         before = self._pending_owners()  # what commits while the store answers may be missing from its answer
-        records = await guarded(self.store.devices_of(email))
+        records = await self.read(self.store.devices_of(email))
         pending = {**before, **self._pending_owners()}
         if not pending:
             return records
@@ -167,6 +176,18 @@ class WriteBehind:
         known = {record.imei for record in kept}
         kept += [DeviceRecord(imei, email) for imei, owner in pending.items() if owner == email and imei not in known]
         return sorted(kept, key=lambda record: record.imei)
+
+    async def read(self, read: Awaitable[T]) -> T:
+        """A read of the store, :func:`guarded`, its failure counted: every read of the store comes through here."""
+        try:
+            return await guarded(read)
+        except ProtocolError as error:
+            if error.code is ErrorCode.STORE_UNAVAILABLE:
+                self.errors["read"] += 1
+            raise
+
+    def metrics(self) -> StoreMetrics:
+        return StoreMetrics(store=self.store.name, backlog=self.backlog, commit=self.commit_seconds.snapshot(), errors=dict(self.errors))
 
     def _check_accepting(self) -> None:
         if not self._accepting:
@@ -215,14 +236,17 @@ class WriteBehind:
                     self._cut()
                 continue
             batch = self._queue[0]
+            started = perf_counter_ns()
             try:
                 await self.store.write(batch.telemetry, batch.alerts, tuple(batch.owners.items()))
             except Exception as exc:
+                self.errors["write"] += 1
                 self._failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX_S)
                 continue
             delay = RETRY_FIRST_S
+            self.commit_seconds.observe(perf_counter_ns() - started)
             self._written(batch)
 
     async def _due(self) -> None:

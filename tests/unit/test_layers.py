@@ -62,3 +62,13 @@ def test_the_server_loads_neither_the_load_generator_nor_the_benchmark() -> None
 def test_the_default_path_does_not_import_motor() -> None:
     probe = "import sys, iothub.app; print('motor' in sys.modules, 'ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False False"
+
+
+def test_only_the_http_layers_metrics_module_imports_prometheus_client() -> None:
+    """The counters are plain integers everywhere; prometheus-client meets them at scrape time only."""
+    importers = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if any(name.split(".")[0] == "prometheus_client" for name in imports_of(path))
+    }
+    assert importers == {"http/metrics.py"}

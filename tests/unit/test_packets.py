@@ -6,7 +6,7 @@ import msgspec
 import pytest
 from socketio import packet
 
-from iothub.frontend.packets import EventPacket, ack_text, event_text, split_event
+from iothub.frontend.packets import EventPacket, ack_text, event_name_of, event_text, split_event
 
 TELEMETRY = '["telemetry_data",{"imei":"123456789012345","data":{"speed":65}}]'
 
@@ -50,3 +50,21 @@ def test_replies_are_packets_python_socketio_reads_back() -> None:
     ack = EventPacket(encoded_packet=ack_text(17, payload))
     assert (ack.packet_type, ack.id, ack.data) == (packet.ACK, 17, [{"success": True}])
     assert EventPacket(encoded_packet=event_text("ping_all", None)).data == '["ping_all"]'
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        (TELEMETRY, "telemetry_data"),
+        ('[ "heartbeat" , {"imei":"1"}]', "heartbeat"),
+        ('["no_payload"]', "no_payload"),
+        ('["tele\\u006detry_data",{}]', None),  # an escaped name: counted as other, decoded properly later
+        ('{"event":"x"}', None),
+        ('["' + "x" * 100 + '",{}]', None),
+        ("", None),
+        (["telemetry_data", b"binary"], None),
+    ],
+)
+def test_event_name_of_reads_only_the_start(text: object, name: str | None) -> None:
+    assert event_name_of(text) == name
+

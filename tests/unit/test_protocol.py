@@ -25,6 +25,7 @@ from iothub.core.protocol import (
     DeviceStatus,
     DirectedMessage,
     Envelope,
+    ErrorEnvelope,
     Failure,
     Heartbeat,
     HeartbeatAck,
@@ -451,7 +452,7 @@ DATA = {"speed": 50, "coolantTemp": 91.5}
         (Delivery("maintenance", 12), {"event": "maintenance", "recipients": 12}),
         (Envelope(True, "ok"), {"success": True, "message": "ok"}),
         (
-            Envelope(False, "no", code=ErrorCode.NOT_FOUND),
+            ErrorEnvelope("no", ErrorCode.NOT_FOUND),
             {"success": False, "message": "no", "code": "NOT_FOUND"},
         ),
         (Envelope(True, "ok", data=[1]), {"success": True, "message": "ok", "data": [1]}),

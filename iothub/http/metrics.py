@@ -1,0 +1,154 @@
+"""``GET /metrics``: Prometheus' text format, read from the gateways' counters when Prometheus scrapes.
+
+Nothing on a message's path calls prometheus-client. The gateways count in
+plain integers (:class:`~iothub.core.metrics.Counters`); at scrape time
+:class:`HubCollector` asks each gateway for its
+:class:`~iothub.core.metrics.GatewayMetrics` snapshot and the write-behind
+for its :class:`~iothub.core.metrics.StoreMetrics`, adds the gateways up and
+turns the sums into metric families. In one process there is one gateway; in
+cluster mode ``gateways`` asks every one, so the figures are cluster-wide.
+
+Names follow Prometheus' rules: an ``iothub_`` prefix, ``_total`` on counters,
+seconds and bytes as units, and no label that carries an imei or an e-mail.
+With ``IOTHUB_METRICS_TOKEN`` set, a scrape needs ``Authorization: Bearer
+<that token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..core.errors import ErrorCode, ProtocolError
+from ..core.metrics import GatewayMetrics, HistogramSnapshot, StoreMetrics
+from .services import SERVICES
+
+PATH = "/metrics"
+
+
+Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+#: The families that are one number per gateway, summed: (type, name, help, the snapshot's field).
+PLAIN: tuple[tuple[Family, str, str, str], ...] = (
+    (GaugeMetricFamily, "iothub_devices_online", "Devices registered on a connected socket", "devices_online"),
+    (CounterMetricFamily, "iothub_connects", "Socket.IO connections accepted", "connects"),
+    (
+        CounterMetricFamily, "iothub_received_bytes",
+        "Socket.IO traffic received: WebSocket frames (headers included, before decompression) and long-polling request bodies",
+        "bytes_received",
+    ),
+    (
+        CounterMetricFamily, "iothub_sent_bytes",
+        "Socket.IO traffic sent: WebSocket frames (headers included, before compression) and long-polling response bodies",
+        "bytes_sent",
+    ),
+)  # fmt: skip
+#: The families with one label, summed label by label: (type, name, help, label, the snapshot's field).
+LABELLED: tuple[tuple[Family, str, str, str, str], ...] = (
+    (
+        GaugeMetricFamily, "iothub_connected_sockets",
+        "Connected Socket.IO sockets, by role: registered a device, subscribed to an e-mail, or neither", "role", "sockets",
+    ),
+    (CounterMetricFamily, "iothub_disconnects", "Socket.IO connections ended, by reason", "reason", "disconnects"),
+    (
+        CounterMetricFamily, "iothub_auth_failures",
+        "Tokens refused (missing, invalid or expired), by interface: a socket's handshake or a REST request", "interface", "auth_failures",
+    ),
+    (
+        CounterMetricFamily, "iothub_events_received", "Socket.IO events received, by event name (other: any other name)", "event",
+        "events_received",
+    ),
+    (
+        CounterMetricFamily, "iothub_packets_sent",
+        "Socket.IO packets queued to sockets, one per recipient, by event name "
+        "(ack: acknowledgements; other: operators' broadcasts and directed messages)", "event", "packets_sent",
+    ),
+    (
+        CounterMetricFamily, "iothub_refusals", "Socket.IO events refused, and sockets cut off as too slow, by reason", "reason",
+        "refusals",
+    ),
+)  # fmt: skip
+
+
+def _labelled(family: Family, name: str, documentation: str, label: str, counts: Iterable[Mapping[str, int]]) -> Metric:
+    """One family with one label, the counts of every gateway added up label by label."""
+    total: Counter[str] = Counter()
+    for each in counts:
+        total.update(each)
+    metric = family(name, documentation, labels=[label])
+    for value, count in sorted(total.items()):
+        metric.add_metric([value], count)
+    return metric
+
+
+def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> HistogramMetricFamily:
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip((*snapshot.bounds, float("inf")), snapshot.counts):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot.sum)
+
+
+class HubCollector(Collector):
+    """The server's metric families, from snapshots taken at scrape time."""
+
+    def __init__(self, gateways: Callable[[], Sequence[GatewayMetrics]], store: Callable[[], StoreMetrics]) -> None:
+        self.gateways = gateways
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        gateways = self.gateways()
+        store = self.store()
+        for family, name, documentation, field in PLAIN:
+            yield family(name, documentation, value=sum(getattr(gateway, field) for gateway in gateways))
+        for family, name, documentation, label, field in LABELLED:
+            yield _labelled(family, name, documentation, label, (getattr(gateway, field) for gateway in gateways))
+        alerts = CounterMetricFamily("iothub_alerts", "Alerts raised (and not held back by a cooldown), by code and level", labels=["code", "level"])
+        raised: Counter[tuple[str, str]] = Counter()
+        for gateway in gateways:
+            for alert in gateway.alerts:
+                raised[alert.code, alert.level] += alert.count
+        for (code, level), count in sorted(raised.items()):
+            alerts.add_metric([code, level], count)
+        yield alerts
+        if gateways:
+            fanout = gateways[0].telemetry_fanout
+            for gateway in gateways[1:]:
+                fanout += gateway.telemetry_fanout
+            yield _histogram(
+                "iothub_telemetry_fanout_seconds",
+                "From the gateway taking a telemetry_data event to the last of its dashboard packets (update and alerts) queued",
+                fanout,
+            )
+        yield GaugeMetricFamily("iothub_writebehind_backlog_rows", "Rows taken by the write-behind and not yet committed", value=store.backlog)
+        yield _histogram("iothub_store_commit_seconds", "Time to commit one write-behind batch to the store", store.commit)
+        yield _labelled(
+            CounterMetricFamily, "iothub_store_errors", "Failed store operations, by operation: write (a batch, retried) or read", "operation",
+            [store.errors],
+        )
+
+
+def add_routes(app: web.Application, token: str | None) -> None:
+    """``GET /metrics``, open, or behind ``Authorization: Bearer <token>`` when a token is given."""
+    services = app[SERVICES]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(lambda: [services.plane.metrics()], services.write_behind.metrics))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    export = make_aiohttp_handler(registry)
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        if expected is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "send Authorization: Bearer <IOTHUB_METRICS_TOKEN>")
+        return await export(request)
+
+    app.router.add_get(PATH, metrics)
