@@ -15,6 +15,7 @@ import pytest
 from ..support.clients import TIMEOUT, assert_failure, connect, rest, until
 from ..support.raw import StalledWebSocket, closed_by_server, engine_socket, next_event, raw_http, rss_bytes
 from ..support.server import RunningServer
+from ..support.sqlite import locked
 
 MIB = 1024 * 1024
 
@@ -305,16 +306,13 @@ async def test_reads_are_held_while_the_store_is_behind_and_nothing_is_lost(serv
     async with connect(slow.url) as device:
         await device.register(box)
         await device.call("telemetry_data", {"imei": box, "timestamp": 1, "data": {}})
-        locker = sqlite3.connect(db, timeout=0)
-        locker.execute("BEGIN EXCLUSIVE")  # the store cannot write now
-        for n in range(2, 50):
-            await device.emit("telemetry_data", {"imei": box, "timestamp": n, "data": {}})
-        await until(lambda: "reading from sockets is held" in slow.log())
-        backlog = (await rest(http, "GET", slow.url + "/api/realtime/status")).body["data"]["backlog"]
-        await asyncio.sleep(1.0)  # several ping timeouts: a socket the server does not read is not dropped for it
-        assert (await rest(http, "GET", slow.url + "/api/realtime/status")).body["data"]["backlog"] == backlog  # nothing read
-        locker.rollback()
-        locker.close()
+        with locked(db):  # the store cannot write now
+            for n in range(2, 50):
+                await device.emit("telemetry_data", {"imei": box, "timestamp": n, "data": {}})
+            await until(lambda: "reading from sockets is held" in slow.log())
+            backlog = (await rest(http, "GET", slow.url + "/api/realtime/status")).body["data"]["backlog"]
+            await asyncio.sleep(1.0)  # several ping timeouts: a socket the server does not read is not dropped for it
+            assert (await rest(http, "GET", slow.url + "/api/realtime/status")).body["data"]["backlog"] == backlog  # nothing read
         assert (await device.call("heartbeat", {"imei": box}))["success"] is True  # read again, in order
         assert device.connected
     await until(lambda: "reading from sockets again" in slow.log())

@@ -18,8 +18,8 @@ import signal
 import sqlite3
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import socketio
 from ..support.clients import connect
 from ..support.mongodb import MONGO
 from ..support.server import RunningServer
+from ..support.sqlite import locked
 from ..support.stores import StoreMaker
 
 T0 = 1_700_000_000_000
@@ -85,18 +86,6 @@ async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) ->
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
-
-
-@contextmanager
-def locked(db_path: Path) -> Iterator[None]:
-    """Hold SQLite's write lock from another connection: every write of the server fails meanwhile."""
-    connection = sqlite3.connect(db_path, isolation_level=None)
-    connection.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        connection.execute("ROLLBACK")
-        connection.close()
 
 
 @asynccontextmanager
