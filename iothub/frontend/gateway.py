@@ -147,6 +147,9 @@ class Gateway(SocketIOServer):
             max_http_buffer_size=settings.max_payload_bytes + TRANSPORT_SLACK_BYTES,
             ping_interval=settings.ping_interval_ms / 1000,
             ping_timeout=settings.ping_timeout_ms / 1000,
+            # Each socket's Pinger times it out; python-engineio's monitor would also wake
+            # len(sockets) times per ping timeout to look at every socket, idle or not.
+            monitor_clients=False,
             logger=library_logger("socketio.server", "socket.io" in debug or debug == "*"),
             engineio_logger=library_logger("engineio.server", "engine" in debug or debug == "*"),
         )
@@ -260,9 +263,11 @@ class Gateway(SocketIOServer):
             session.deadline.cancel()
             session.pinger.stop()
             self.limits.closed(session.address)
-        socket = self.eio.sockets.get(eio_sid)
+        # Forgotten now (with no monitor task, nothing else would for a polling client that never
+        # comes back); a long-poll still held gets its answer now, not at its timeout.
+        socket = self.eio.sockets.pop(eio_sid, None)
         if socket is not None:
-            socket.queue.put_nowait(None)  # a long-poll still held gets its answer now, not at its timeout
+            socket.queue.put_nowait(None)
 
     def _connect_overdue(self, socket: AsyncSocket) -> None:
         """An Engine.IO session that has not sent Socket.IO's CONNECT in time is closed."""
