@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from ..support.clients import TIMEOUT, assert_failure, connect, rest, until
-from ..support.raw import StalledWebSocket, closed_by_server, engine_socket, next_event, raw_http, rss_bytes
+from ..support.raw import StalledWebSocket, closed_by_server, engine_socket, next_event, polling_session, raw_http, rss_bytes
 from ..support.server import RunningServer
 from ..support.sqlite import locked
 
@@ -86,14 +86,7 @@ async def test_a_websocket_dashboard_that_stops_reading_is_cut_off(tight, http, 
 
 async def test_a_polling_dashboard_that_stops_polling_is_cut_off(tight, http, imei, email):
     owner = email()
-    base = tight.url + "/socket.io/?EIO=4&transport=polling"
-    async with http.get(base) as response:
-        sid = json.loads((await response.text())[1:])["sid"]
-    session = f"{base}&sid={sid}"
-    async with http.post(session, data="40") as response:
-        assert response.status == 200
-    async with http.get(session) as response:
-        assert (await response.text()).startswith("40")
+    session = await polling_session(http, tight.url)
     async with http.post(session, data="42" + json.dumps(["subscribe_user", {"email": owner}])) as response:
         assert response.status == 200
     await flood(tight, owner, imei(), messages=6000, size=8 * 1024)  # and the dashboard never polls again
@@ -163,14 +156,7 @@ async def test_a_flood_of_malformed_frames_cannot_flood_the_log(server, http):
 
 
 async def test_a_polling_clients_close_answers_its_held_poll_at_once(server, http):
-    base = server.url + "/socket.io/?EIO=4&transport=polling"
-    async with http.get(base) as response:
-        sid = json.loads((await response.text())[1:])["sid"]
-    session = f"{base}&sid={sid}"
-    async with http.post(session, data="40") as response:
-        assert response.status == 200
-    async with http.get(session) as response:
-        assert (await response.text()).startswith("40")
+    session = await polling_session(http, server.url)
 
     async def poll() -> int:
         async with http.get(session) as response:

@@ -33,6 +33,20 @@ async def engine_socket(session: aiohttp.ClientSession, url: str, *, connect: bo
     return ws
 
 
+async def polling_session(session: aiohttp.ClientSession, url: str, *, connect: bool = True) -> str:
+    """A raw long-polling Engine.IO session's URL; with ``connect``, Socket.IO's CONNECT sent and answered."""
+    base = url + "/socket.io/?EIO=4&transport=polling"
+    async with session.get(base) as response:
+        sid = json.loads((await response.text())[1:])["sid"]
+    polling = f"{base}&sid={sid}"
+    if connect:
+        async with session.post(polling, data="40") as response:
+            assert response.status == 200
+        async with session.get(polling) as response:
+            assert (await response.text()).startswith("40")
+    return polling
+
+
 async def closed_by_server(ws: aiohttp.ClientWebSocketResponse, timeout: float = TIMEOUT) -> bool:
     """Read (answering pings) until the server closes the WebSocket; False if it is still open after ``timeout``."""
     try:
