@@ -7,6 +7,7 @@ import pytest
 
 from .support.mongodb import mongodb_uri  # noqa: F401 (a session fixture: the MongoDB server, SecantusDB unless one is named)
 from .support.server import RunningServer, start_server
+from .support.tls import Certificates, make_certificates, start_tls_server
 
 _imeis = itertools.count(100000000000000)
 _emails = itertools.count(1)
@@ -101,3 +102,17 @@ async def in_process():
             return await stack.enter_async_context(serve_in_process(**env))
 
         yield serve
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A test authority and a server certificate from it, for 127.0.0.1 and localhost."""
+    return make_certificates(tmp_path_factory.mktemp("certificates"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory, certificates: Certificates) -> Iterator[RunningServer]:
+    """A server speaking HTTPS and WSS only, with that certificate, shared by a test module."""
+    running = start_tls_server(tmp_path_factory.mktemp("server"), certificates)
+    yield running
+    running.stop()

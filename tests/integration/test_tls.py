@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -25,19 +25,7 @@ from iothub.config import ConfigError, Settings
 
 from ..support.clients import TIMEOUT, connect, rest
 from ..support.server import RunningServer, free_port
-from ..support.tls import Certificates, make_certificates, start_tls_server
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("certificates"))
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory, certificates: Certificates) -> Iterator[RunningServer]:
-    running = start_tls_server(tmp_path_factory.mktemp("server"), certificates)
-    yield running
-    running.stop()
+from ..support.tls import Certificates
 
 
 @pytest.fixture

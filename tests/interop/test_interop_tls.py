@@ -9,28 +9,16 @@ cleartext, the client is not connected.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from ..support.server import RunningServer
-from ..support.tls import Certificates, make_certificates, start_tls_server
+from ..support.tls import Certificates
 from .test_interop_js import NPM_TIMEOUT, TRANSPORTS, JsClient, seed_flow, server_log_on_failure
 
 # The session's npm install may happen in this module's first test.
 pytestmark = pytest.mark.timeout(NPM_TIMEOUT + 120)
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("certificates"))
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory, certificates: Certificates) -> Iterator[RunningServer]:
-    running = start_tls_server(tmp_path_factory.mktemp("server"), certificates)
-    yield running
-    running.stop()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
