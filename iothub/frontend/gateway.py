@@ -232,13 +232,14 @@ class Gateway(SocketIOServer):
 
     def admit(self, request: web.Request) -> web.StreamResponse | None:
         """Whether a new Engine.IO session may open for this request's address (PROTOCOL.md, "Operations")."""
-        refused = self.limits.admit(self.address_of(request), time.monotonic())
+        address, now = self.address_of(request), time.monotonic()
+        refused = self.limits.admit(address, now)
         if refused is None:
             return None
         self.counters.refusals["banned" if refused is Refusal.BANNED else "connection_limit"] += 1
         response = refusal(refused.status, ErrorCode.RATE_LIMITED, refused.message)
         if refused.status == 429:
-            response.headers["Retry-After"] = str(max(1, round(self.limits.banned_for(self.address_of(request), time.monotonic()))))
+            response.headers["Retry-After"] = str(max(1, round(self.limits.banned_for(address, now))))
         return response
 
     def too_slow(self, socket: AsyncSocket) -> None:
