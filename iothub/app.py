@@ -3,7 +3,9 @@
 settings → store, write-behind, alert engine, data plane, supervisor and
 gateway (Socket.IO), plus the REST routes, all on one aiohttp application
 and one port. In one process the supervisor commands the one data plane
-directly.
+directly. In cluster mode (:mod:`iothub.cluster`) each gateway actor runs a
+Hub given a :class:`Membership`: the supervisor is then its actor's client,
+and the data plane relays to the other gateways.
 
 Shutdown (SIGTERM/SIGINT, through aiohttp): the listener closes, telemetry is
 refused, the write-behind writes everything it took (waiting at most
@@ -17,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from .config import ConfigError, Settings
 from .core.alerts import AlertEngine
 from .core.auth import Authenticator
-from .core.dataplane import DataPlane
+from .core.dataplane import DataPlane, Relay
 from .core.metrics import Counters
-from .core.supervisor import Supervisor
+from .core.records import Owners
+from .core.supervisor import ControlPlane, Supervisor
 from .frontend.gateway import Gateway
 from .http import dashboard, history, metrics, openapi, rest
 from .http.services import SERVICES, Services
@@ -45,14 +50,36 @@ MAX_HEADER_BYTES = 128 * 1024
 #: How long a connection refused before its body was read (a 413) may go on sending it before it is
 #: closed (aiohttp's default is 10 s of reading whatever comes).
 LINGER_S = 1.0
+#: aiohttp's server options, the same for ``web.run_app`` (one process) and a gateway actor's runner.
+SERVER_OPTIONS: dict[str, Any] = {
+    "access_log": None,
+    "shutdown_timeout": REQUEST_GRACE_S,
+    "max_line_size": MAX_HEADER_BYTES,
+    "max_field_size": MAX_HEADER_BYTES,
+    "lingering_time": LINGER_S,
+}
 #: How often the age of the write-behind's backlog is checked.
 BACKLOG_CHECK_S = 0.05
 #: The one gateway's name in the supervisor's tables.
 GATEWAY_NAME = "gateway-0"
 
 
+@dataclass(frozen=True)
+class Membership:
+    """A gateway's part in a cluster: its name, the supervisor it asks, and the way to the other gateways."""
+
+    name: str
+    supervisor: ControlPlane
+    #: Who owns which device, as the supervisor has it.
+    registry: Owners
+    #: The way to the other gateways, made with this gateway's counters (it counts what it relays).
+    relay: Callable[[Counters], Relay]
+    #: Durable acknowledgements: a future resolved once the registry's changes so far are committed.
+    registry_committed: Callable[[], asyncio.Future[None]]
+
+
 class Hub:
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None, membership: Membership | None = None) -> None:
         self.settings = settings
         self.store: Store = store if store is not None else create_store(settings)
         self.authenticator = Authenticator(settings.jwt_secret, production=settings.production)
@@ -66,15 +93,32 @@ class Hub:
         counters = Counters(self.engine.rules)
         self.gateway = Gateway(settings, self.authenticator, counters)
         self.plane = DataPlane(
-            GATEWAY_NAME, self.engine, self.gateway, self.write_behind, alert_cooldown_ms=settings.alert_cooldown_ms, counters=counters
+            GATEWAY_NAME if membership is None else membership.name,
+            self.engine,
+            self.gateway,
+            self.write_behind,
+            alert_cooldown_ms=settings.alert_cooldown_ms,
+            counters=counters,
+            relay=None if membership is None else membership.relay(counters),
         )
-        self.supervisor = Supervisor(self.write_behind, heartbeat_timeout_ms=settings.heartbeat_timeout_ms)
-        self.supervisor.add_gateway(GATEWAY_NAME, self.plane)
-        self.gateway.bind(self.plane, self.supervisor, self.write_behind.committed if settings.durable_ack else None)
+        #: The supervisor in this process (None in cluster mode: it is an actor of its own, which sweeps).
+        self.local_supervisor: Supervisor | None = None
+        if membership is None:
+            self.local_supervisor = Supervisor(self.write_behind, heartbeat_timeout_ms=settings.heartbeat_timeout_ms)
+            self.local_supervisor.add_gateway(GATEWAY_NAME, self.plane)
+            supervisor: ControlPlane = self.local_supervisor
+            registry: Owners = self.write_behind
+            registry_committed = self.write_behind.committed
+        else:
+            supervisor, registry, registry_committed = membership.supervisor, membership.registry, membership.registry_committed
+        #: What the front end and the REST API ask: the local supervisor, or the supervisor actor's client.
+        self.supervisor = supervisor
+        self.gateway.bind(self.plane, supervisor, registry_committed if settings.durable_ack else None)
         self.services = Services(
             self.authenticator,
-            self.supervisor,
+            supervisor,
             self.plane,
+            registry,
             self.write_behind,
             self.store,
             self.engine.kind,
@@ -128,10 +172,9 @@ class Hub:
         except Exception as exc:  # a path that cannot be written, a server that does not answer: say which
             raise ConfigError(f"cannot open the {self.store.name} store: {exc}") from exc
         self.write_behind.start()
-        self._chores = [
-            asyncio.create_task(self._sweep_forever(), name="iothub-heartbeat-sweep"),
-            asyncio.create_task(self._hold_reads_while_behind(), name="iothub-backlog-watch"),
-        ]
+        self._chores = [asyncio.create_task(self._hold_reads_while_behind(), name="iothub-backlog-watch")]
+        if self.local_supervisor is not None:
+            self._chores.append(asyncio.create_task(sweep_forever(self.local_supervisor, self.settings), name="iothub-heartbeat-sweep"))
         self.services.started = time.monotonic()
         yield
         await self._stop_chores()
@@ -173,10 +216,12 @@ class Hub:
                 gate.resume()
                 log.info("the %s store has caught up: reading from sockets again", self.store.name)
 
-    async def _sweep_forever(self) -> None:
-        interval = self.settings.cleanup_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            dropped = await self.supervisor.sweep()
-            if dropped:
-                log.info("heartbeat sweep dropped %d silent devices", len(dropped))
+
+async def sweep_forever(supervisor: Supervisor, settings: Settings) -> None:
+    """Every CLEANUP_INTERVAL_MS, the supervisor's heartbeat sweep over all its gateways."""
+    interval = settings.cleanup_interval_ms / 1000
+    while True:
+        await asyncio.sleep(interval)
+        dropped = await supervisor.sweep()
+        if dropped:
+            log.info("heartbeat sweep dropped %d silent devices", len(dropped))

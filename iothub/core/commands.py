@@ -14,6 +14,7 @@ from typing import TypeVar
 from msgspec import Struct
 
 from .errors import ProtocolError
+from .metrics import GatewayMetrics, Rates, StoreMetrics
 from .protocol import Failure
 
 T = TypeVar("T")
@@ -85,6 +86,34 @@ class Counts(Struct, frozen=True):
     devices: int
 
 
+class Live(Struct, frozen=True):
+    """A device live on a gateway, as the gateway tells a supervisor that (re)builds its tables."""
+
+    imei: str
+    sid: str
+    owner: str | None
+
+
+class GatewayState(Struct, frozen=True):
+    """Everything a gateway holds that the supervisor's tables are made of: its live devices and the
+    e-mails its sockets watch. Sent when the gateway joins, and again to a supervisor that restarted."""
+
+    devices: list[Live]
+    watched: list[str]
+
+
+class GatewayReport(Struct, frozen=True, kw_only=True):
+    """One gateway as operators see it: ``/api/realtime/status``, ``/metrics``."""
+
+    name: str
+    pid: int
+    alive: bool = True
+    counts: Counts
+    rates: dict[str, Rates]
+    metrics: GatewayMetrics
+    store: StoreMetrics
+
+
 # --------------------------------------------------------------------------- supervisor → gateway
 
 
@@ -131,6 +160,25 @@ class LastStates(Struct, frozen=True):
     """The last telemetry the gateway holds of each of ``imeis`` (live or recently departed)."""
 
     imeis: list[str]
+
+
+class Routes(Struct, frozen=True):
+    """Which gateways have sockets watching each e-mail: the supervisor's table, pushed to every gateway so
+    that its data plane knows, without asking, where else an owner's telemetry must go.
+
+    ``full``: the whole table, replacing what the gateway held (it joined, or the supervisor restarted:
+    a new ``epoch``); else only the e-mails that changed, an empty list meaning nobody. ``version``
+    counts the changes within an epoch.
+    """
+
+    epoch: int
+    version: int
+    audience: dict[str, list[str]]
+    full: bool = False
+
+
+#: One packet for the subscribers of an e-mail on another gateway: (e-mail, event, JSON payload).
+Crossing = tuple[str, str, bytes]
 
 
 def ok(reply: T | Failure) -> T:

@@ -11,10 +11,16 @@ The plane owns the tables of its own gateway — imei → live
 changes them on the supervisor's word (:meth:`attach`, :meth:`join`, …):
 those commands are coroutines because in cluster mode they arrive from
 another process, but they never suspend in one.
+
+In cluster mode it also keeps the supervisor's pushed copy of which other
+gateways watch each e-mail (:meth:`route`), and hands an owner's packets for
+those gateways to its :class:`Relay`, which carries them across in batches;
+what other gateways relay here arrives through :meth:`receive`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection
 from typing import Protocol
 
@@ -26,11 +32,16 @@ from .commands import (
     Attach,
     Broadcast,
     Counts,
+    Crossing,
     Departed,
     Detach,
+    GatewayReport,
+    GatewayState,
     Join,
     LastStates,
     Leave,
+    Live,
+    Routes,
     SendToSocket,
     SendToUser,
     SocketClosed,
@@ -51,6 +62,14 @@ class Outbox(Protocol):
         ...
 
 
+class Relay(Protocol):
+    """The way to other gateways (cluster mode): packets for their subscribers, carried in batches."""
+
+    def relay(self, gateways: Collection[str], packet: Crossing) -> None:
+        """Queue ``packet`` for each of ``gateways``; never waits."""
+        ...
+
+
 class DataPlane:
     def __init__(
         self,
@@ -62,6 +81,7 @@ class DataPlane:
         alert_cooldown_ms: int = 0,
         clock: Callable[[], int] = now_ms,
         counters: Counters | None = None,
+        relay: Relay | None = None,
     ) -> None:
         #: The gateway's name in the supervisor's tables.
         self.name = name
@@ -73,6 +93,7 @@ class DataPlane:
         self.meters = Meters()
         #: The gateway's counters for ``/metrics``: the front end counts its traffic in them, the plane its alerts.
         self.counters = counters if counters is not None else Counters(engine.rules)
+        self.relay = relay
         self._sockets: set[str] = set()
         self._live: dict[str, DeviceActor] = {}
         #: A tuple, not a set or a list: a socket registers one device, a gateway box a few; a
@@ -83,6 +104,10 @@ class DataPlane:
         #: Devices that left, kept until the store surely has their last telemetry
         #: (the write-behind may not have written it yet); pruned by the sweep.
         self._departed: dict[str, DeviceActor] = {}
+        #: e-mail → the other gateways with sockets watching it (the supervisor's pushed table, own name left out).
+        self._elsewhere: dict[str, tuple[str, ...]] = {}
+        #: The (epoch, version) of the last routing change taken.
+        self.routes_version = (0, 0)
 
     # ------------------------------------------------------------------ sockets
 
@@ -127,12 +152,17 @@ class DataPlane:
         commit = self.recorder.telemetry(TelemetryRecord(device.imei, timestamp, data, now))
         device.observe(timestamp, message.data, now)
         self.meters.telemetry.mark(now)
-        subscribers = self._subscribers.get(device.owner) if device.owner is not None else None
-        if subscribers:
-            update = TelemetryUpdate(imei=device.imei, timestamp=timestamp, data=message.data)
-            self.meters.deliveries.mark(now, self.outbox.send(subscribers, "telemetry_update", encode(update)))
+        owner = device.owner
+        subscribers = self._subscribers.get(owner) if owner is not None else None
+        elsewhere = self._elsewhere.get(owner) if owner is not None else None
+        if subscribers or elsewhere:
+            payload = encode(TelemetryUpdate(imei=device.imei, timestamp=timestamp, data=message.data))
+            if subscribers:
+                self.meters.deliveries.mark(now, self.outbox.send(subscribers, "telemetry_update", payload))
+            if elsewhere and self.relay is not None and owner is not None:
+                self.relay.relay(elsewhere, (owner, "telemetry_update", payload))
         for index in fired:
-            self._alert(device, index, timestamp, message.data, data, subscribers, now)
+            self._alert(device, index, timestamp, message.data, data, subscribers, elsewhere, now)
         return commit
 
     def heartbeat(self, sid: str, imei: str) -> HeartbeatAck:
@@ -171,6 +201,7 @@ class DataPlane:
         raw: Raw,
         data: bytes,
         subscribers: set[str] | None,
+        elsewhere: tuple[str, ...] | None,
         now: int,
     ) -> None:
         rule = self.engine.rules[index]
@@ -180,9 +211,12 @@ class DataPlane:
         alert = self.engine.alerts[index]
         self.meters.alerts.mark(now)
         self.counters.alerts[index] += 1
-        if subscribers:
-            event = AlertEvent(type=rule.event_name, imei=device.imei, timestamp=timestamp, data=raw, alert=alert)
-            self.meters.deliveries.mark(now, self.outbox.send(subscribers, rule.event_name, encode(event)))
+        if subscribers or elsewhere:
+            payload = encode(AlertEvent(type=rule.event_name, imei=device.imei, timestamp=timestamp, data=raw, alert=alert))
+            if subscribers:
+                self.meters.deliveries.mark(now, self.outbox.send(subscribers, rule.event_name, payload))
+            if elsewhere and self.relay is not None and device.owner is not None:
+                self.relay.relay(elsewhere, (device.owner, rule.event_name, payload))
         self.recorder.alert(AlertRecord(device.imei, timestamp, alert.code, alert.level, alert.message, data))
 
     # ------------------------------------------------------------------ commands from the control plane
@@ -247,6 +281,42 @@ class DataPlane:
         subscribers = self._subscribers.get(command.email)
         return self.outbox.send(subscribers, command.event, command.payload) if subscribers else 0
 
+    def announce(self, command: SendToUser) -> None:
+        """:meth:`deliver`, for a sender that needs no count and must not wait (a ``device_status``)."""
+        subscribers = self._subscribers.get(command.email)
+        if subscribers:
+            self.outbox.send(subscribers, command.event, command.payload)
+
+    async def settled(self) -> None:
+        """Everything announced here is taken as it comes: nothing to wait for."""
+
+    def receive(self, packets: list[Crossing]) -> int:
+        """Packets other gateways relayed for subscribers here; return how many sockets took one."""
+        subscribers = self._subscribers
+        sent = 0
+        for email, event, payload in packets:
+            sockets = subscribers.get(email)
+            if sockets:
+                sent += self.outbox.send(sockets, event, payload)
+        self.meters.deliveries.mark(self.clock(), sent)
+        return sent
+
+    async def route(self, routes: Routes) -> None:
+        """Take the supervisor's change to which gateways watch which e-mails (this one left out)."""
+        if routes.full:
+            self._elsewhere = {}
+        for email, gateways in routes.audience.items():
+            others = tuple(name for name in gateways if name != self.name)
+            if others:
+                self._elsewhere[email] = others
+            else:
+                self._elsewhere.pop(email, None)
+        self.routes_version = (routes.epoch, routes.version)
+
+    def state(self) -> GatewayState:
+        """The live devices and watched e-mails, for a supervisor (re)building its tables."""
+        return GatewayState([Live(d.imei, d.sid, d.owner) for d in self._live.values()], list(self._subscribers))
+
     async def send_to_socket(self, command: SendToSocket) -> int:
         return self.outbox.send((command.sid,), command.event, command.payload) if command.sid in self._sockets else 0
 
@@ -278,3 +348,13 @@ class DataPlane:
 
     async def counts(self) -> Counts:
         return Counts(connections=len(self._sockets), devices=len(self._live))
+
+    async def report(self) -> GatewayReport:
+        return GatewayReport(
+            name=self.name,
+            pid=os.getpid(),
+            counts=await self.counts(),
+            rates=self.rates(self.clock()),
+            metrics=self.metrics(),
+            store=self.recorder.metrics(),
+        )

@@ -182,6 +182,11 @@ class AlertCount(Struct, frozen=True):
     count: int
 
 
+#: What a gateway counts of its relaying (cluster mode): packets sent to other gateways, the calls that
+#: carried them, packets received from them, and packets dropped because a peer fell too far behind.
+RELAYED = ("packets_out", "calls_out", "packets_in", "packets_dropped")
+
+
 class GatewayMetrics(Struct, frozen=True, kw_only=True):
     """One gateway's counters and gauges at one moment: what a scrape reads, and what gateways add up."""
 
@@ -199,6 +204,8 @@ class GatewayMetrics(Struct, frozen=True, kw_only=True):
     refusals: dict[str, int]
     alerts: list[AlertCount]
     telemetry_fanout: HistogramSnapshot
+    #: Cluster mode: packets relayed to and from other gateways, and calls that carried them (:data:`RELAYED`).
+    relayed: dict[str, int]
 
 
 class Counters:
@@ -210,7 +217,7 @@ class Counters:
 
     __slots__ = (
         "connects", "disconnects", "auth_failures", "received", "sent", "bytes_in", "bytes_out", "refusals", "alerts",
-        "fanout", "_sent_index", "_sent_names", "_other_sent", "_alert_labels",
+        "fanout", "relayed", "_sent_index", "_sent_names", "_other_sent", "_alert_labels",
     )  # fmt: skip
 
     def __init__(self, rules: Iterable[AlertRule]) -> None:
@@ -232,6 +239,7 @@ class Counters:
         self.alerts = [0] * len(rules)
         self._alert_labels = tuple((rule.code, rule.level) for rule in rules)
         self.fanout = Histogram(FANOUT_BUCKETS)
+        self.relayed = dict.fromkeys(RELAYED, 0)
 
     def sent_to(self, event: str, recipients: int) -> None:
         """``recipients`` packets of ``event`` queued."""
@@ -260,6 +268,7 @@ class Counters:
             refusals=dict(self.refusals),
             alerts=[AlertCount(code, level, count) for (code, level), count in zip(self._alert_labels, self.alerts)],
             telemetry_fanout=self.fanout.snapshot(),
+            relayed=dict(self.relayed),
         )
 
 

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from msgspec import Struct
 
+from .metrics import StoreMetrics
+
 
 class TelemetryRecord(Struct, frozen=True, gc=False):
     imei: str
@@ -39,16 +41,20 @@ class DeviceRecord(Struct, frozen=True):
     last: TelemetryRecord | None = None
 
 
-class Registry(Protocol):
-    """Who owns which device: what the supervisor reads and writes of a store."""
-
-    async def set_owner(self, imei: str, email: str) -> None: ...
+class Owners(Protocol):
+    """Who owns which device, as the history API asks it."""
 
     async def owner_of(self, imei: str) -> str | None: ...
 
     async def devices_of(self, email: str) -> list[DeviceRecord]:
         """Every device the e-mail owns, connected or not, by imei."""
         ...
+
+
+class Registry(Owners, Protocol):
+    """Who owns which device: what the supervisor reads and writes of a store."""
+
+    async def set_owner(self, imei: str, email: str) -> None: ...
 
 
 class Commit(Protocol):
@@ -70,4 +76,6 @@ class Recorder(Protocol):
         """Take an alert of the message just taken, into that message's batch."""
         ...
 
-
+    def metrics(self) -> StoreMetrics:
+        """The buffer's backlog, commit times and errors, for operators."""
+        ...

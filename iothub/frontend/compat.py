@@ -91,6 +91,11 @@ class SocketIOServer(socketio.AsyncServer):
         """Serve WebSockets with ``websocket`` and add Engine.IO's routes with ``create_route``."""
         self.eio._async = {**self.eio._async, "websocket": websocket, "create_route": create_route}
 
+    def name_sessions(self, prefix: str) -> None:
+        """Start every Engine.IO session id with ``prefix``: in cluster mode it names the gateway that owns the session."""
+        generate = self.eio.generate_id
+        self.eio.generate_id = lambda: prefix + generate()
+
     def engine_socket_opened(self, socket: EngineSocket, environ: dict[str, Any]) -> None:
         """A new Engine.IO session, before Socket.IO's CONNECT; ``environ`` is its handshake's."""
 
@@ -149,9 +154,7 @@ class SocketIOServer(socketio.AsyncServer):
 _BINARY_TYPES = (str(sio_packet.BINARY_EVENT), str(sio_packet.BINARY_ACK))
 
 
-def websocket_driver(
-    open_pump: Callable[[EngineSocket, WebSocketResponse, web.Request], None], compress: bool
-) -> WebSocketDriver:
+def websocket_driver(open_pump: Callable[[EngineSocket, WebSocketResponse, web.Request], None], compress: bool) -> WebSocketDriver:
     """Engine.IO's aiohttp WebSocket driver, reduced to opening the WebSocket.
 
     Engine.IO calls the driver to run a WebSocket session; this one prepares
@@ -168,4 +171,3 @@ def websocket_driver(
             return ws
 
     return WebSocket
-

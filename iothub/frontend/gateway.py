@@ -26,7 +26,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from time import perf_counter_ns
 from typing import Any, NamedTuple
 
@@ -55,7 +55,7 @@ from ..core.protocol import (
 )
 from ..core.ratelimit import TokenBucket
 from ..core.records import Commit
-from ..core.supervisor import Supervisor
+from ..core.supervisor import ControlPlane
 from .compat import BINARY, SocketIOServer
 from .packets import EventPacket, ack_text, event_name_of, event_text
 from .transport import BoundedQueue, FramedPacket, Pinger, ReadGate, refusal, refusal_log, routes, websocket_class
@@ -166,6 +166,8 @@ class Gateway(SocketIOServer):
             ban_seconds=settings.auth_ban_ms / 1000,
         )
         self.gate = ReadGate()
+        #: Cluster mode: answers a request for another gateway's session from that gateway (None: not its session).
+        self.elsewhere: Callable[[web.Request], Awaitable[web.StreamResponse] | None] | None = None
         self.max_queued_bytes = settings.max_queued_bytes
         self._sessions: dict[str, Session] = {}
         self._engine_sessions: dict[str, EngineSession] = {}
@@ -174,9 +176,7 @@ class Gateway(SocketIOServer):
         self.on("connect", self._on_connect)
         self.on("disconnect", self._on_disconnect)
 
-    def bind(
-        self, plane: DataPlane, supervisor: Supervisor, registry_committed: Callable[[], asyncio.Future[None]] | None = None
-    ) -> None:
+    def bind(self, plane: DataPlane, supervisor: ControlPlane, registry_committed: Callable[[], asyncio.Future[None]] | None = None) -> None:
         """The data plane this gateway's sockets feed, and the supervisor it asks for the rest.
 
         ``registry_committed`` (durable acknowledgements): a future resolved once
@@ -241,6 +241,9 @@ class Gateway(SocketIOServer):
         if refused.status == 429:
             response.headers["Retry-After"] = str(max(1, round(self.limits.banned_for(address, now))))
         return response
+
+    def forwarded(self, request: web.Request) -> Awaitable[web.StreamResponse] | None:
+        return None if self.elsewhere is None else self.elsewhere(request)
 
     def too_slow(self, socket: AsyncSocket) -> None:
         if socket.closing or socket.closed:
@@ -354,9 +357,7 @@ class Gateway(SocketIOServer):
             self._send_text(eio_sid, event_text(reply_event, payload))
             self.counters.sent_to(reply_event, 1)
 
-    def _reply_committed(
-        self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes, committed: asyncio.Future[None]
-    ) -> None:
+    def _reply_committed(self, eio_sid: str, ack_id: int | None, reply_event: str | None, payload: bytes, committed: asyncio.Future[None]) -> None:
         if committed.cancelled() or committed.exception() is not None:
             reply_event, payload = "error", encode(NOT_STORED)
         self._reply(eio_sid, ack_id, reply_event, payload)
@@ -417,4 +418,3 @@ class Gateway(SocketIOServer):
                 raise AssertionError(f"unhandled event {event!r}")
         counters.received[received_index(str(event.__struct_config__.tag))] += 1
         return event.reply_event, reply
-

@@ -21,7 +21,7 @@ import contextvars
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -129,12 +129,15 @@ class Guard(Protocol):
         """The socket let more than ``max_queued_bytes`` pile up: count it, close it."""
         ...
 
+    def forwarded(self, request: web.Request) -> Awaitable[web.StreamResponse] | None:
+        """The answer, from the gateway that owns it, to a request naming a session another gateway owns
+        (cluster mode); None for a session of this gateway, or a new one."""
+        ...
+
 
 def refusal(status: int, code: ErrorCode, message: str) -> web.Response:
     """PROTOCOL.md's envelope, for a request the transport refuses; the connection closes after it."""
-    response = web.Response(
-        body=encode(ErrorEnvelope(message, code)), status=status, content_type="application/json"
-    )
+    response = web.Response(body=encode(ErrorEnvelope(message, code)), status=status, content_type="application/json")
     response.force_close()
     return response
 
@@ -174,6 +177,8 @@ def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
                 refused = guard.admit(request)
                 if refused is not None:
                     return refused
+            elif (elsewhere := guard.forwarded(request)) is not None:
+                return await elsewhere
             response = await server.handle_request(request)
             pump = request.get(PUMP)
             if pump is not None:
@@ -183,6 +188,8 @@ def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
             return response
 
         async def post(request: web.Request) -> web.StreamResponse:
+            if (elsewhere := guard.forwarded(request)) is not None:
+                return await elsewhere
             length = request.content_length
             if length is None:
                 return refusal(411, ErrorCode.INVALID_PAYLOAD, "a polling POST needs a Content-Length")

@@ -99,7 +99,7 @@ async def alerts(request: web.Request) -> web.Response:
         imeis = [query.imei]
     elif principal.role != "admin":
         owner = principal.email or ""  # a verified user token always names one
-        imeis = [device.imei for device in await services.write_behind.devices_of(owner)]
+        imeis = [device.imei for device in await services.registry.devices_of(owner)]
     page = await _read(services, services.store.alert_history(query.window(), imeis=imeis, code=query.code, level=query.level))
     items = [AlertItem(a.imei, a.timestamp, a.code, a.level, a.message, Raw(a.data)) for a in page.items]
     return respond("Alert history retrieved successfully", HistoryPage(items, page.next_cursor))
@@ -113,7 +113,7 @@ def _reader(services: Services, request: web.Request) -> Principal:
 
 
 async def _check_owner(services: Services, principal: Principal, imei: str) -> None:
-    if principal.role != "admin" and not principal.may_read_device(await services.write_behind.owner_of(imei)):
+    if principal.role != "admin" and not principal.may_read_device(await services.registry.owner_of(imei)):
         raise ProtocolError(ErrorCode.FORBIDDEN, f"device {imei} is not one of yours")
 
 

@@ -1,12 +1,12 @@
 """``GET /metrics``: Prometheus' text format, read from the gateways' counters when Prometheus scrapes.
 
 Nothing on a message's path calls prometheus-client. The gateways count in
-plain integers (:class:`~iothub.core.metrics.Counters`); at scrape time
-:class:`HubCollector` asks each gateway for its
-:class:`~iothub.core.metrics.GatewayMetrics` snapshot and the write-behind
-for its :class:`~iothub.core.metrics.StoreMetrics`, adds the gateways up and
-turns the sums into metric families. In one process there is one gateway; in
-cluster mode ``gateways`` asks every one, so the figures are cluster-wide.
+plain integers (:class:`~iothub.core.metrics.Counters`); at scrape time the
+supervisor asks every gateway for its report — its
+:class:`~iothub.core.metrics.GatewayMetrics` and its write-behind's
+:class:`~iothub.core.metrics.StoreMetrics` — and :class:`HubCollector` adds
+them up into metric families. In one process there is one gateway; in
+cluster mode every live one, so the figures are cluster-wide.
 
 Names follow Prometheus' rules: an ``iothub_`` prefix, ``_total`` on counters,
 seconds and bytes as units, and no label that carries an imei or an e-mail.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -26,8 +26,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..core.commands import GatewayReport
 from ..core.errors import ErrorCode, ProtocolError
-from ..core.metrics import GatewayMetrics, HistogramSnapshot, StoreMetrics
+from ..core.metrics import HistogramSnapshot
 from .services import SERVICES
 
 PATH = "/metrics"
@@ -71,6 +72,11 @@ LABELLED: tuple[tuple[Family, str, str, str, str], ...] = (
         "(ack: acknowledgements; other: operators' broadcasts and directed messages)", "event", "packets_sent",
     ),
     (
+        CounterMetricFamily, "iothub_cluster_relayed",
+        "Cluster mode: packets relayed to (packets_out, in calls_out) and from (packets_in) other gateways, "
+        "and packets dropped for a gateway too far behind", "kind", "relayed",
+    ),
+    (
         CounterMetricFamily, "iothub_refusals", "Socket.IO events refused, and sockets cut off as too slow, by reason", "reason",
         "refusals",
     ),
@@ -98,15 +104,15 @@ def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> Hi
 
 
 class HubCollector(Collector):
-    """The server's metric families, from snapshots taken at scrape time."""
+    """The server's metric families, from the gateways' reports taken at scrape time (:attr:`reports`)."""
 
-    def __init__(self, gateways: Callable[[], Sequence[GatewayMetrics]], store: Callable[[], StoreMetrics]) -> None:
-        self.gateways = gateways
-        self.store = store
+    def __init__(self) -> None:
+        self.reports: Sequence[GatewayReport] = ()
 
     def collect(self) -> Iterator[Metric]:
-        gateways = self.gateways()
-        store = self.store()
+        reports = [report for report in self.reports if report.alive]
+        gateways = [report.metrics for report in reports]
+        stores = [report.store for report in reports]
         for family, name, documentation, field in PLAIN:
             yield family(name, documentation, value=sum(getattr(gateway, field) for gateway in gateways))
         for family, name, documentation, label, field in LABELLED:
@@ -128,11 +134,20 @@ class HubCollector(Collector):
                 "From the gateway taking a telemetry_data event to the last of its dashboard packets (update and alerts) queued",
                 fanout,
             )
-        yield GaugeMetricFamily("iothub_writebehind_backlog_rows", "Rows taken by the write-behind and not yet committed", value=store.backlog)
-        yield _histogram("iothub_store_commit_seconds", "Time to commit one write-behind batch to the store", store.commit)
+        yield GaugeMetricFamily(
+            "iothub_writebehind_backlog_rows", "Rows taken by the write-behind and not yet committed", value=sum(store.backlog for store in stores)
+        )
+        if stores:
+            commit = stores[0].commit
+            for store in stores[1:]:
+                commit += store.commit
+            yield _histogram("iothub_store_commit_seconds", "Time to commit one write-behind batch to the store", commit)
         yield _labelled(
-            CounterMetricFamily, "iothub_store_errors", "Failed store operations, by operation: write (a batch, retried) or read", "operation",
-            [store.errors],
+            CounterMetricFamily,
+            "iothub_store_errors",
+            "Failed store operations, by operation: write (a batch, retried) or read",
+            "operation",
+            [store.errors for store in stores],
         )
 
 
@@ -140,7 +155,8 @@ def add_routes(app: web.Application, token: str | None) -> None:
     """``GET /metrics``, open, or behind ``Authorization: Bearer <token>`` when a token is given."""
     services = app[SERVICES]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HubCollector(lambda: [services.plane.metrics()], services.write_behind.metrics))
+    hub = HubCollector()
+    registry.register(hub)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     export = make_aiohttp_handler(registry)
@@ -149,6 +165,7 @@ def add_routes(app: web.Application, token: str | None) -> None:
     async def metrics(request: web.Request) -> web.StreamResponse:
         if expected is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "send Authorization: Bearer <IOTHUB_METRICS_TOKEN>")
-        return await export(request)
+        hub.reports = await services.supervisor.reports()
+        return await export(request)  # reads hub.reports before it first awaits
 
     app.router.add_get(PATH, metrics)

@@ -19,6 +19,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from ..core.alerts import EvaluatorKind
 from ..core.auth import Principal
+from ..core.clock import now_ms
 from ..core.commands import Broadcast, SendToDevice, SendToUser, ok
 from ..core.errors import ErrorCode, ProtocolError
 from ..core.limits import client_address
@@ -31,9 +32,15 @@ log = logging.getLogger(__name__)
 SOCKETIO_PATH = "/socket.io"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_HTTP_CODES = {400: ErrorCode.INVALID_PAYLOAD, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
-               404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED, 413: ErrorCode.PAYLOAD_TOO_LARGE,
-               429: ErrorCode.RATE_LIMITED}
+_HTTP_CODES = {
+    400: ErrorCode.INVALID_PAYLOAD,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.RATE_LIMITED,
+}
 _decode_message = msgspec.json.Decoder(DirectedMessage).decode
 _check_imei = msgspec.json.Decoder(Imei).decode
 _check_email = msgspec.json.Decoder(Email).decode
@@ -63,8 +70,18 @@ class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
     backlog: int | UnsetType = UNSET
 
 
+class GatewaySummary(Struct, frozen=True):
+    """One gateway of the server (one in a single process; each Ray actor in cluster mode)."""
+
+    id: str
+    pid: Annotated[int, Meta(description="the operating-system process id of the gateway")]
+    connections: int
+    devices: int
+    alive: bool
+
+
 class Status(Struct, frozen=True, kw_only=True):
-    """``GET /api/realtime/status``'s data: counts and message rates, nothing personal."""
+    """``GET /api/realtime/status``'s data: counts and message rates over every gateway, nothing personal."""
 
     connections: int
     devices: int
@@ -75,6 +92,17 @@ class Status(Struct, frozen=True, kw_only=True):
     backlog: int
     uptime: float
     timestamp: int
+    gateways: list[GatewaySummary]
+
+
+def summed(rates: list[dict[str, Rates]]) -> dict[str, Rates]:
+    """The gateways' message rates added up, meter by meter."""
+    total: dict[str, Rates] = {}
+    for each in rates:
+        for name, rate in each.items():
+            known = total.get(name)
+            total[name] = rate if known is None else Rates(known.total + rate.total, round(known.perSecond + rate.perSecond, 3))
+    return total
 
 
 def rest_only(middleware: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]) -> Any:
@@ -146,7 +174,7 @@ async def health(request: web.Request) -> web.Response:
         timestamp=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         uptime=round(services.uptime, 3),
         connectedDevices=counts.devices,
-        connectedUsers=len(services.supervisor.users()),
+        connectedUsers=len(await services.supervisor.users()),
         store=services.store.name if degraded else UNSET,
         backlog=services.write_behind.backlog if degraded else UNSET,
     )
@@ -156,20 +184,20 @@ async def health(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     supervisor = services.supervisor
-    counts = await supervisor.counts()
-    now = supervisor.clock()
+    reports = await supervisor.reports()
     return respond(
         "Real-time status retrieved successfully",
         Status(
-            connections=counts.connections,
-            devices=counts.devices,
-            users=len(supervisor.users()),
-            messages=services.plane.rates(now),
+            connections=sum(report.counts.connections for report in reports),
+            devices=sum(report.counts.devices for report in reports),
+            users=len(await supervisor.users()),
+            messages=summed([report.rates for report in reports if report.alive]),
             evaluator=services.evaluator,
             store=services.store.name,
-            backlog=services.write_behind.backlog,
+            backlog=sum(report.store.backlog for report in reports if report.alive),
             uptime=round(services.uptime, 3),
-            timestamp=now,
+            timestamp=now_ms(),
+            gateways=[GatewaySummary(report.name, report.pid, report.counts.connections, report.counts.devices, report.alive) for report in reports],
         ),
     )
 
@@ -179,9 +207,9 @@ async def connections(request: web.Request) -> web.Response:
     supervisor = request.app[SERVICES].supervisor
     data = Connections(
         devices=await supervisor.devices(),
-        users=supervisor.users(),
+        users=await supervisor.users(),
         totalConnections=(await supervisor.counts()).connections,
-        timestamp=supervisor.clock(),
+        timestamp=now_ms(),
     )
     return respond("Connection status retrieved successfully", data)
 
@@ -193,7 +221,7 @@ async def devices(request: web.Request) -> web.Response:
 
 async def users(request: web.Request) -> web.Response:
     admin(request)
-    return respond("Connected users retrieved successfully", request.app[SERVICES].supervisor.users())
+    return respond("Connected users retrieved successfully", await request.app[SERVICES].supervisor.users())
 
 
 async def broadcast(request: web.Request) -> web.Response:
@@ -275,4 +303,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/realtime/broadcast", broadcast)
     app.router.add_post("/api/realtime/device/{imei}", to_device)
     app.router.add_post("/api/realtime/user/{email}", to_user)
-

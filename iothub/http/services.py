@@ -16,7 +16,8 @@ from ..core.alerts import EvaluatorKind
 from ..core.auth import Authenticator
 from ..core.dataplane import DataPlane
 from ..core.limits import AddressLimits
-from ..core.supervisor import Supervisor
+from ..core.records import Owners
+from ..core.supervisor import ControlPlane
 from ..persistence.store import Store
 from ..persistence.writebehind import WriteBehind
 
@@ -24,9 +25,12 @@ from ..persistence.writebehind import WriteBehind
 @dataclass
 class Services:
     authenticator: Authenticator
-    supervisor: Supervisor
+    #: The supervisor, or in cluster mode its actor's client: every answer is cluster-wide.
+    supervisor: ControlPlane
     #: This process's data plane: its message counters.
     plane: DataPlane
+    #: Who owns which device, as the supervisor has it (its write-behind's pending changes included).
+    registry: Owners
     write_behind: WriteBehind
     store: Store
     evaluator: EvaluatorKind

@@ -18,6 +18,7 @@ import msgspec
 from iothub.core.alerts import AlertEngine
 from iothub.core.commands import Broadcast, Register, SendToDevice, SendToUser, Subscribe, Unsubscribe
 from iothub.core.dataplane import DataPlane
+from iothub.core.metrics import COMMIT_BUCKETS, Histogram, StoreMetrics
 from iothub.core.protocol import DeviceRegistered, Failure, TelemetryData, UserSubscribed, UserUnsubscribed
 from iothub.core.records import AlertRecord, Recorder, Registry, TelemetryRecord
 from iothub.core.supervisor import Supervisor
@@ -75,6 +76,9 @@ class RecordingRecorder:
 
     def alert(self, record: AlertRecord) -> None:
         self.alert_rows.append(record)
+
+    def metrics(self) -> StoreMetrics:
+        return StoreMetrics(store="recording", backlog=0, commit=Histogram(COMMIT_BUCKETS).snapshot(), errors={})
 
 
 class Clock:

@@ -488,7 +488,7 @@ async def test_subscribe_to_an_unknown_email_is_empty(hub: Hub) -> None:
     hub.connect("watcher")
     reply = await hub.subscribe("watcher", "nobody@example.com")
     assert (reply.deviceCount, reply.telemetries) == (0, [])
-    assert hub.supervisor.users() == ["nobody@example.com"]
+    assert await hub.supervisor.users() == ["nobody@example.com"]
 
 
 @pytest.mark.parametrize(
@@ -525,7 +525,7 @@ async def test_a_socket_may_subscribe_to_several_emails(hub: Hub) -> None:
     hub.telemetry("dev", IMEI_A, {"speed": 1})
     hub.telemetry("dev", IMEI_B, {"speed": 2})
     assert [payload["imei"] for _, payload in hub.outbox.received("watcher")] == [IMEI_A, IMEI_B]
-    assert hub.supervisor.users() == [ALICE, BOB]
+    assert await hub.supervisor.users() == [ALICE, BOB]
 
 
 async def test_subscribing_twice_delivers_once(hub: Hub) -> None:
@@ -546,7 +546,7 @@ async def test_unsubscribe_leaves_one_stream(hub: Hub) -> None:
     hub.telemetry("dev", IMEI_A, {"speed": 1})
     hub.telemetry("dev", IMEI_B, {"speed": 2})
     assert [payload["imei"] for _, payload in hub.outbox.received("watcher")] == [IMEI_B]
-    assert hub.supervisor.users() == [BOB]
+    assert await hub.supervisor.users() == [BOB]
 
 
 async def test_users_lists_an_email_while_any_socket_subscribes(hub: Hub) -> None:
@@ -554,9 +554,9 @@ async def test_users_lists_an_email_while_any_socket_subscribes(hub: Hub) -> Non
     await hub.subscribe("w1", ALICE)
     await hub.subscribe("w2", ALICE)
     await hub.unsubscribe("w1", ALICE)
-    assert hub.supervisor.users() == [ALICE]
+    assert await hub.supervisor.users() == [ALICE]
     await hub.unsubscribe("w2", ALICE)
-    assert hub.supervisor.users() == []
+    assert await hub.supervisor.users() == []
 
 
 async def test_unsubscribing_from_a_stream_not_joined_is_harmless(hub: Hub) -> None:
@@ -564,7 +564,7 @@ async def test_unsubscribing_from_a_stream_not_joined_is_harmless(hub: Hub) -> N
     await hub.subscribe("w1", ALICE)
     assert await hub.unsubscribe("w2", ALICE) == UserUnsubscribed(email=ALICE)
     assert await hub.unsubscribe("w2", BOB) == UserUnsubscribed(email=BOB)
-    assert hub.supervisor.users() == [ALICE]
+    assert await hub.supervisor.users() == [ALICE]
     assert await hub.send_to_user(ALICE, "ping", None) == 1
 
 
@@ -573,7 +573,7 @@ async def test_subscription_from_a_socket_that_has_left_joins_nothing(hub: Hub) 
     await hub.register("dev", IMEI_A, ALICE)
     reply = await hub.subscribe("gone", ALICE)
     assert reply.deviceCount == 1
-    assert hub.supervisor.users() == []
+    assert await hub.supervisor.users() == []
 
 
 # --------------------------------------------------------------------------- disconnect and sweep
@@ -596,7 +596,7 @@ async def test_disconnect_cleans_every_table(hub: Hub) -> None:
     assert await hub.connection_count() == 1
 
     await hub.disconnect("watcher")
-    assert hub.supervisor.users() == []
+    assert await hub.supervisor.users() == []
     assert await hub.connection_count() == 0
     for imei in (IMEI_A, IMEI_B):
         assert isinstance(await hub.send_to_device(imei, "ping", None), Failure)
@@ -609,7 +609,7 @@ async def test_disconnecting_an_unknown_socket_is_harmless(hub: Hub) -> None:
     await alice_device_watched(hub)
     await hub.disconnect("never-seen")
     assert await hub.device_count() == 1
-    assert hub.supervisor.users() == [ALICE]
+    assert await hub.supervisor.users() == [ALICE]
     assert hub.outbox.sent == []
 
 
