@@ -40,9 +40,7 @@ def _token_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench_parser(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser(
-        "bench", help="run the fleet benchmark (from a checkout: it lives in bench/)", add_help=False, prefix_chars="\0"
-    )
+    bench = commands.add_parser("bench", help="run the fleet benchmark (from a checkout: it lives in bench/)", add_help=False, prefix_chars="\0")
     bench.add_argument("arguments", nargs=argparse.REMAINDER)
 
 
@@ -89,11 +87,15 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(overrides: dict[str, str | None]) -> int:
-    from .app import LINGER_S, MAX_HEADER_BYTES, REQUEST_GRACE_S, Hub
+    from .app import SERVER_OPTIONS, Hub
 
     settings = Settings.load(None, **overrides)
     ssl_context = server_context(settings)  # before anything else: a TLS file it cannot use is a ConfigError
     logs.configure(settings.log_format, debug=bool(settings.debug))
+    if settings.workers > 1:
+        from .cluster.launch import serve_cluster
+
+        return serve_cluster(settings)
     hub = Hub(settings)
     web.run_app(
         hub.application(),
@@ -102,11 +104,7 @@ def serve(overrides: dict[str, str | None]) -> int:
         ssl_context=ssl_context,
         print=lambda _banner: logs.announce(hub.describe(), settings.log_format),
         loop=new_event_loop(),
-        access_log=None,
-        shutdown_timeout=REQUEST_GRACE_S,
-        max_line_size=MAX_HEADER_BYTES,
-        max_field_size=MAX_HEADER_BYTES,
-        lingering_time=LINGER_S,
+        **SERVER_OPTIONS,
     )
     return 1 if hub.lost else 0  # rows the store never took: say so to whatever restarts the server
 

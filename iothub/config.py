@@ -77,6 +77,10 @@ class Settings(Struct, frozen=True, kw_only=True):
     map_tiles: str | None = None
     map_attribution: str | None = None
     log_format: LogFormat = "text"
+    #: Gateways: 1 is one process (Ray never imported); more run as Ray actors behind one port.
+    workers: int = 1
+    #: An existing Ray cluster to run the gateways on (``ray start --head``); None starts a local one.
+    ray_address: str | None = None
     rules: tuple[AlertRule, ...] = field(default=DEFAULT_RULES)
 
     @property
@@ -130,9 +134,22 @@ class Settings(Struct, frozen=True, kw_only=True):
             raise ConfigError(f"PORT must be 1..65535, not {self.port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("IOTHUB_TLS_CERT and IOTHUB_TLS_KEY go together: set both (HTTPS and WSS) or neither (HTTP and WS)")
-        positive = ("heartbeat_timeout_ms", "cleanup_interval_ms", "ping_interval_ms", "ping_timeout_ms", "max_payload_bytes",
-                    "buffer_rows", "batch_rows", "flush_interval_ms", "shutdown_timeout_ms", "max_queued_bytes",
-                    "connect_timeout_ms", "max_backlog_age_ms", "auth_ban_ms")
+        positive = (
+            "heartbeat_timeout_ms",
+            "cleanup_interval_ms",
+            "ping_interval_ms",
+            "ping_timeout_ms",
+            "max_payload_bytes",
+            "buffer_rows",
+            "batch_rows",
+            "flush_interval_ms",
+            "shutdown_timeout_ms",
+            "max_queued_bytes",
+            "connect_timeout_ms",
+            "max_backlog_age_ms",
+            "auth_ban_ms",
+            "workers",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENVIRONMENT[name]} must be positive")
@@ -144,12 +161,12 @@ class Settings(Struct, frozen=True, kw_only=True):
             raise ConfigError("IOTHUB_BATCH_ROWS cannot be more than IOTHUB_BUFFER_ROWS")
         if self.store == "mongodb" and not self.mongodb_uri:
             raise ConfigError("IOTHUB_STORE=mongodb needs MONGODB_URI")
+        if self.workers > 1 and self.store == "memory":
+            raise ConfigError("IOTHUB_STORE=memory keeps history inside one process: several IOTHUB_WORKERS need sqlite or mongodb")
         if self.production:
             secret = self.jwt_secret or ""
             if len(secret) < MIN_SECRET_LENGTH or secret.lower() in WEAK_SECRETS or _repetitive(secret):
-                raise ConfigError(
-                    f"production needs JWT_SECRET of at least {MIN_SECRET_LENGTH} characters that is not an example value"
-                )
+                raise ConfigError(f"production needs JWT_SECRET of at least {MIN_SECRET_LENGTH} characters that is not an example value")
         for proxy in self.proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
@@ -203,6 +220,8 @@ ENVIRONMENT: dict[str, str] = {
     "map_tiles": "IOTHUB_MAP_TILES",
     "map_attribution": "IOTHUB_MAP_ATTRIBUTION",
     "log_format": "LOG_FORMAT",
+    "workers": "IOTHUB_WORKERS",
+    "ray_address": "RAY_ADDRESS",
 }
 
 

@@ -1,0 +1,328 @@
+"""The two kinds of Ray actor: a gateway (a whole front end on the shared port) and the supervisor.
+
+A :class:`GatewayActor` runs a :class:`~iothub.app.Hub` in the actor's event
+loop, served by an aiohttp runner — ``web.run_app`` needs the main thread,
+which an actor's loop is not — on the public port with ``SO_REUSEPORT`` and on
+a private port of its own, where other gateways forward requests for its
+sessions. Once it listens it joins the supervisor with what it holds; Ray
+restarts it when its process dies, and the new one joins again.
+
+The :class:`SupervisorActor` runs the :class:`~iothub.core.supervisor.Supervisor`
+with the registry's write-behind, the heartbeat sweep, and a watch over the
+gateways: one that does not answer within a second is dropped, its devices
+announced offline. A restarted supervisor starts a new epoch and asks every
+gateway to join again with its state, so nothing is announced twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import ray
+from aiohttp import web
+from ray.actor import ActorHandle
+from ray.exceptions import RayError
+
+from .. import logs
+from ..app import SERVER_OPTIONS, Hub, Membership, sweep_forever
+from ..config import Settings
+from ..core.commands import (
+    Attach,
+    Broadcast,
+    Counts,
+    Crossing,
+    Departed,
+    Detach,
+    GatewayReport,
+    GatewayState,
+    Join,
+    LastStates,
+    Leave,
+    Register,
+    Routes,
+    SendToDevice,
+    SendToSocket,
+    SendToUser,
+    SocketClosed,
+    Subscribe,
+    Sweep,
+    Unsubscribe,
+)
+from ..core.metrics import Counters
+from ..core.protocol import Delivery, DeviceInfo, DeviceRegistered, Failure, LastTelemetry, UserSubscribed, UserUnsubscribed
+from ..core.records import DeviceRecord
+from ..core.supervisor import Supervisor
+from ..persistence.factory import create_store
+from ..persistence.writebehind import WriteBehind
+from ..tls import server_context
+from .forwarding import Forwarder
+from .links import Crossings, Directive, GatewayMember, Peers, SupervisorClient
+
+log = logging.getLogger(__name__)
+
+#: The Ray namespace of a cluster's named actors.
+NAMESPACE = "iothub"
+SUPERVISOR = "supervisor"
+#: How often the supervisor asks each gateway whether it lives, and how long it waits for the answer.
+WATCH_INTERVAL_S = 0.5
+WATCH_TIMEOUT_S = 1.0
+
+
+def gateway_name(index: int) -> str:
+    return f"gateway-{index}"
+
+
+class GatewayActor:
+    async def __init__(self, index: int, settings: Settings) -> None:  # type: ignore[misc]  # Ray awaits it in the actor's loop
+        logs.configure(settings.log_format, debug=bool(settings.debug))
+        self.name = gateway_name(index)
+        self.settings = settings
+        self.supervisor = ray.get_actor(SUPERVISOR, namespace=NAMESPACE)
+        self.client = SupervisorClient(self.supervisor)
+        self.crossings: Crossings | None = None
+        membership = Membership(self.name, self.client, self.client, self._relay, self._registry_committed)
+        self.hub = Hub(settings, membership=membership)
+        self.plane = self.hub.plane
+        self.forwarder = Forwarder(
+            self.name,
+            max_message_bytes=self.hub.gateway.eio.max_http_buffer_size,
+            poll_timeout=(settings.ping_interval_ms + settings.ping_timeout_ms) / 1000 + 5,
+        )
+        self.hub.gateway.name_sessions(self.forwarder.prefix)
+        self.hub.gateway.elsewhere = self.forwarder
+        self.runner = web.AppRunner(self.hub.application(), **SERVER_OPTIONS)
+        await self.runner.setup()
+        public = web.TCPSite(self.runner, settings.bind_host, settings.port, ssl_context=server_context(settings), reuse_port=True)
+        await public.start()
+        private_host = settings.bind_host if ipaddress.ip_address(settings.bind_host).is_loopback else ray.util.get_node_ip_address()
+        listener = socket.create_server((private_host, 0))
+        await web.SockSite(self.runner, listener).start()
+        self.address = f"http://{private_host}:{listener.getsockname()[1]}"
+        self._joining = asyncio.get_running_loop().create_task(self.rejoin())  # after __init__: the supervisor calls back
+
+    def _relay(self, counters: Counters) -> Crossings:
+        self.crossings = self.client.crossings = Crossings(counters)
+        return self.crossings
+
+    def _registry_committed(self) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self.client.registry_committed())
+
+    async def rejoin(self) -> None:
+        """Tell the supervisor what this gateway holds (it started, or the supervisor did)."""
+        me = ray.get_runtime_context().current_actor
+        await self.supervisor.join.remote(self.name, me, await self.plane.report(), self.address, self.plane.state())
+
+    async def ping(self) -> int:
+        return os.getpid()
+
+    # ------------------------------------------------------------------ the supervisor's commands
+
+    async def attach(self, command: Attach) -> bool:
+        return await self.plane.attach(command)
+
+    async def detach(self, command: Detach) -> None:
+        await self.plane.detach(command)
+
+    async def join(self, command: Join) -> bool:
+        return await self.plane.join(command)
+
+    async def leave(self, command: Leave) -> bool:
+        return await self.plane.leave(command)
+
+    async def deliver(self, command: SendToUser) -> int:
+        return await self.plane.deliver(command)
+
+    async def send_to_socket(self, command: SendToSocket) -> int:
+        return await self.plane.send_to_socket(command)
+
+    async def broadcast(self, command: Broadcast) -> int:
+        return await self.plane.broadcast(command)
+
+    async def sweep(self, command: Sweep) -> list[Departed]:
+        return await self.plane.sweep(command)
+
+    async def devices(self) -> list[DeviceInfo]:
+        return await self.plane.devices()
+
+    async def last_states(self, command: LastStates) -> list[LastTelemetry]:
+        return await self.plane.last_states(command)
+
+    async def counts(self) -> Counts:
+        return await self.plane.counts()
+
+    async def report(self) -> GatewayReport:
+        return await self.plane.report()
+
+    async def apply(self, directives: list[Directive]) -> None:
+        """The supervisor's stream: announcements, routing changes, the peers' addresses, in order."""
+        for directive in directives:
+            if isinstance(directive, SendToUser):
+                self.plane.announce(directive)
+            elif isinstance(directive, Routes):
+                await self.plane.route(directive)
+            else:
+                self.forwarder.update(directive.addresses)
+                if self.crossings is not None:
+                    self.crossings.peers = directive.handles
+
+    # ------------------------------------------------------------------ other gateways
+
+    async def receive(self, packets: list[Crossing]) -> int:
+        self.plane.counters.relayed["packets_in"] += len(packets)
+        return self.plane.receive(packets)
+
+    async def stop(self) -> int:
+        """Stop serving: the listeners close, what was taken is written, the sockets close; return rows lost."""
+        await self.runner.cleanup()
+        if self.crossings is not None:
+            await self.crossings.delivered()
+        await self.client.closed.delivered()
+        await self.forwarder.close()
+        return self.hub.lost
+
+
+class SupervisorActor:
+    async def __init__(self, settings: Settings, gateways: int) -> None:  # type: ignore[misc]  # Ray awaits it in the actor's loop
+        logs.configure(settings.log_format, debug=bool(settings.debug))
+        self.settings = settings
+        self.store = create_store(settings)
+        await self.store.open()
+        self.write_behind = WriteBehind(
+            self.store, capacity=settings.buffer_rows, batch_rows=settings.batch_rows, flush_interval=settings.flush_interval_ms / 1000
+        )
+        self.write_behind.start()
+        self.supervisor = Supervisor(self.write_behind, heartbeat_timeout_ms=settings.heartbeat_timeout_ms, epoch=time.time_ns())
+        #: Every gateway that ever joined (dropped ones too: the watch asks them to come back).
+        self.members: dict[str, GatewayMember] = {}
+        self._expected = gateways
+        self._drops: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        self._chores = [
+            loop.create_task(sweep_forever(self.supervisor, settings), name="iothub-heartbeat-sweep"),
+            loop.create_task(self._watch(), name="iothub-gateway-watch"),
+            loop.create_task(self._recall(), name="iothub-recall-gateways"),
+        ]
+
+    async def ready(self) -> int:
+        return os.getpid()
+
+    async def join(self, name: str, handle: ActorHandle, report: GatewayReport, address: str, state: GatewayState) -> None:
+        member = GatewayMember(name, handle, report, address, self._unreachable)
+        self.members[name] = member
+        self._publish_peers(joining=name)  # first: routes to the joiner may follow at once
+        await self.supervisor.join(name, member, state)
+        log.info("%s (pid %d, private address %s) joined with %d devices", name, report.pid, address, len(state.devices))
+
+    def _unreachable(self, name: str) -> None:
+        member = self.members.get(name)
+        if member is not None:
+            task = asyncio.get_running_loop().create_task(self._drop(member))
+            self._drops.add(task)
+            task.add_done_callback(self._drops.discard)
+
+    async def _drop(self, member: GatewayMember) -> None:
+        if member.name not in self.supervisor.gateways():
+            return
+        gone = await self.supervisor.drop(member.name, member.last)
+        self._publish_peers()
+        log.warning("%s (pid %d) is gone: %d devices offline", member.name, member.last.pid, len(gone))
+
+    def _publish_peers(self, joining: str | None = None) -> None:
+        live = {*self.supervisor.gateways(), *([joining] if joining else [])}
+        members = [member for name, member in self.members.items() if name in live]
+        peers = Peers({member.name: member.handle for member in members}, {member.name: member.address for member in members})
+        for name in live:
+            self.members[name].stream.push(peers)
+
+    async def _watch(self) -> None:
+        """Drop a gateway that does not answer; ask one that answers again, after a drop, to rejoin."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            await asyncio.gather(*(self._check(member) for member in tuple(self.members.values())))
+
+    async def _check(self, member: GatewayMember) -> None:
+        live = member.name in self.supervisor.gateways()
+        try:
+            await asyncio.wait_for(member.handle.ping.remote(), WATCH_TIMEOUT_S)
+        except (TimeoutError, RayError):
+            if live:
+                await self._drop(member)
+            return
+        if not live:
+            member.handle.rejoin.remote()
+
+    async def _recall(self) -> None:
+        """After a restart of this actor: every gateway already running joins again, with its state."""
+        for index in range(self._expected):
+            try:
+                handle = ray.get_actor(f"iothub-{gateway_name(index)}", namespace=NAMESPACE)
+            except ValueError:
+                continue  # not started yet: it joins when it is
+            handle.rejoin.remote()
+
+    # ------------------------------------------------------------------ the gateways' questions
+
+    async def register(self, command: Register) -> DeviceRegistered | Failure:
+        return await self.supervisor.register(command)
+
+    async def sockets_closed(self, commands: list[SocketClosed]) -> None:
+        for command in commands:
+            await self.supervisor.socket_closed(command)
+
+    async def subscribe(self, command: Subscribe) -> UserSubscribed | Failure:
+        return await self.supervisor.subscribe(command)
+
+    async def unsubscribe(self, command: Unsubscribe) -> UserUnsubscribed:
+        return await self.supervisor.unsubscribe(command)
+
+    async def send_to_device(self, command: SendToDevice) -> Delivery | Failure:
+        return await self.supervisor.send_to_device(command)
+
+    async def send_to_user(self, command: SendToUser) -> Delivery | Failure:
+        return await self.supervisor.send_to_user(command)
+
+    async def broadcast(self, command: Broadcast) -> Delivery:
+        return await self.supervisor.broadcast(command)
+
+    async def devices(self) -> list[DeviceInfo]:
+        return await self.supervisor.devices()
+
+    async def users(self) -> list[str]:
+        return await self.supervisor.users()
+
+    async def counts(self) -> Counts:
+        return await self.supervisor.counts()
+
+    async def reports(self) -> list[GatewayReport]:
+        return await self.supervisor.reports()
+
+    async def owner_of(self, imei: str) -> str | None:
+        return await self.write_behind.owner_of(imei)
+
+    async def devices_of(self, email: str) -> list[DeviceRecord]:
+        return await self.write_behind.devices_of(email)
+
+    async def registry_committed(self) -> None:
+        await self.write_behind.committed()
+
+    async def stop(self) -> int:
+        """Write the registry's last changes and close the store; return rows lost."""
+        for chore in (*self._chores, *self._drops):
+            chore.cancel()
+        await asyncio.gather(*self._chores, *self._drops, return_exceptions=True)
+        for member in self.members.values():
+            await member.stream.delivered()
+        lost = await self.write_behind.close(self.settings.shutdown_timeout_ms / 1000)
+        await self.store.close()
+        return lost
+
+
+def actor_options(**options: Any) -> dict[str, Any]:
+    """Options every actor of a cluster takes: named in the cluster's namespace, restarted when it dies."""
+    return {"namespace": NAMESPACE, "max_restarts": -1, **options}
