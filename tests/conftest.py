@@ -6,17 +6,25 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from .support.mongodb import mongodb_uri  # noqa: F401 (a session fixture: the MongoDB server, SecantusDB unless one is named)
-from .support.server import RunningServer, start_server
+from .support.server import RunningServer, start_server, topology_env
 from .support.tls import Certificates, make_certificates, start_tls_server
 
 _imeis = itertools.count(100000000000000)
 _emails = itertools.count(1)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``TOPOLOGIES`` runs its tests against each: one process, and a cluster of two
+    gateways on Ray (PROTOCOL.md: clients see one server)."""
+    if "topology" in metafunc.fixturenames:
+        topologies = getattr(metafunc.module, "TOPOLOGIES", ("process",))
+        metafunc.parametrize("topology", topologies, scope="module")
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, topology: str) -> Iterator[RunningServer]:
     """One development server shared by a test module; tests use their own imeis and e-mails."""
-    running = start_server(tmp_path_factory.mktemp("server"))
+    running = start_server(tmp_path_factory.mktemp("server"), **topology_env(topology))
     yield running
     running.stop()
 

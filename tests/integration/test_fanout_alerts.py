@@ -9,6 +9,9 @@ import pytest
 from ..support.clients import now_ms
 from ..support.server import start_server
 
+#: One process, and a cluster of two gateways (tests/conftest.py).
+TOPOLOGIES = ("process", "cluster")
+
 DEFAULT_ALERTS = {
     "CRASH_DETECTED": ("crash_detected", "critical", "Crash detected!"),
     "LOW_BATTERY": ("vehicle_alert", "warning", "Low battery voltage detected"),

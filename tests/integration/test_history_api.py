@@ -20,6 +20,9 @@ from ..support.inprocess import InProcessServer
 from ..support.server import RunningServer
 from ..support.stores import FlakyStore
 
+#: One process, and a cluster of two gateways (tests/conftest.py).
+TOPOLOGIES = ("process", "cluster")
+
 T0 = 1_700_000_000_000
 TIMEOUT = 10.0
 

@@ -12,13 +12,16 @@ import jwt
 import pytest
 
 from ..support.clients import REPLY_STYLES, assert_failure, refused, rest
-from ..support.server import TEST_SECRET, free_port, start_server
+from ..support.server import TEST_SECRET, free_port, start_server, topology_env
+
+#: One process, and a cluster of two gateways (tests/conftest.py).
+TOPOLOGIES = ("process", "cluster")
 
 
 @pytest.fixture(scope="module")
-def production(tmp_path_factory):
+def production(tmp_path_factory, topology):
     """One production server for the module (its clients use their own imeis and e-mails)."""
-    running = start_server(tmp_path_factory.mktemp("production"), IOTHUB_ENV="production")
+    running = start_server(tmp_path_factory.mktemp("production"), IOTHUB_ENV="production", **topology_env(topology))
     yield running
     running.stop()
 

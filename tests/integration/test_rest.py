@@ -19,6 +19,9 @@ import pytest
 from ..support.clients import rest, until
 from ..support.server import TEST_SECRET
 
+#: One process, and a cluster of two gateways (tests/conftest.py).
+TOPOLOGIES = ("process", "cluster")
+
 MANAGEMENT_GETS = ["/api/realtime/connections", "/api/realtime/devices", "/api/realtime/users"]
 MANAGEMENT_POSTS = ["/api/realtime/broadcast", "/api/realtime/device/123456789012345", "/api/realtime/user/a@example.com"]
 MANAGEMENT = [("GET", path) for path in MANAGEMENT_GETS] + [("POST", path) for path in MANAGEMENT_POSTS]

@@ -17,6 +17,9 @@ from ..support.clients import (
     until,
 )
 
+#: One process, and a cluster of two gateways (tests/conftest.py).
+TOPOLOGIES = ("process", "cluster")
+
 READINGS = {
     "engineRpm": 2500,
     "speed": 65,

@@ -17,6 +17,9 @@ import pytest
 
 from ..support.clients import connect, until
 
+#: One process, and a cluster of two gateways (tests/conftest.py).
+TOPOLOGIES = ("process", "cluster")
+
 PING_INTERVAL_MS = 200
 PING_TIMEOUT_MS = 400
 

@@ -35,7 +35,10 @@ from typing import Any
 import jwt
 import pytest
 
-from ..support.server import RunningServer, start_server
+from ..support.server import RunningServer, start_server, topology_env
+
+#: One process, and a cluster of two gateways (tests/conftest.py).
+TOPOLOGIES = ("process", "cluster")
 
 # npm install may take up to NPM_TIMEOUT on a cold cache; the default 120 s per test is too short for that.
 pytestmark = pytest.mark.timeout(300)
@@ -278,9 +281,9 @@ class Dashboard:
 
 
 @pytest.fixture(scope="module")
-def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def production(tmp_path_factory: pytest.TempPathFactory, topology: str) -> Iterator[RunningServer]:
     """One production server (tokens required) for this module's auth tests."""
-    running = start_server(tmp_path_factory.mktemp("server"), IOTHUB_ENV="production")
+    running = start_server(tmp_path_factory.mktemp("server"), IOTHUB_ENV="production", **topology_env(topology))
     yield running
     running.stop()
 

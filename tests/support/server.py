@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from iothub.core.auth import Authenticator, Role
 from iothub.loadgen.servers import ServerProcess, free_port
@@ -11,7 +15,17 @@ TEST_SECRET = "test-secret-that-is-long-enough-for-production-0123456789"
 #: Tests open many sockets at once from one address: no per-address limits, unless a test sets its own.
 UNLIMITED_ADDRESSES = {"IOTHUB_MAX_CONNECTIONS_PER_ADDRESS": "0", "IOTHUB_CONNECT_RATE_PER_ADDRESS": "0", "IOTHUB_AUTH_FAILURES_PER_ADDRESS": "0"}
 
-__all__ = ["TEST_SECRET", "UNLIMITED_ADDRESSES", "RunningServer", "free_port", "start_server"]
+#: Two gateways on a local Ray cluster, and a supervisor actor.
+CLUSTER_OF_TWO = {"IOTHUB_WORKERS": "2"}
+
+
+
+def topology_env(topology: str) -> dict[str, str]:
+    """The settings of a test topology: ``process`` (one), or ``cluster`` (:data:`CLUSTER_OF_TWO`)."""
+    return CLUSTER_OF_TWO if topology == "cluster" else {}
+
+
+__all__ = ["CLUSTER_OF_TWO", "TEST_SECRET", "UNLIMITED_ADDRESSES", "RunningServer", "free_port", "start_server", "topology_env"]
 
 
 class RunningServer(ServerProcess):
@@ -23,6 +37,22 @@ class RunningServer(ServerProcess):
     @property
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": "Bearer " + self.token("admin@example.com", "admin")}
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/api/realtime/status", timeout=5) as answer:
+            data: dict[str, Any] = json.load(answer)["data"]
+            return data
+
+    def wait_for_gateways(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until ``count`` gateways are alive (a cluster answers /health as soon as its first listens)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            gateways: list[dict[str, Any]] = self.status()["gateways"]
+            if sum(gateway["alive"] for gateway in gateways) >= count:
+                return gateways
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} gateways not alive within {timeout:g} s: {gateways}; {self.log()[-2000:]}")
+            time.sleep(0.1)
 
 
 def start_server(log_dir: Path, port: int | None = None, **env: str) -> RunningServer:
@@ -37,4 +67,8 @@ def start_server(log_dir: Path, port: int | None = None, **env: str) -> RunningS
         **UNLIMITED_ADDRESSES,
         **env,
     }
-    return RunningServer(port=port, env=environment, log_path=log_dir / f"server-{port}.log")
+    running = RunningServer(port=port, env=environment, log_path=log_dir / f"server-{port}.log", ready_timeout=90)
+    workers = int(environment.get("IOTHUB_WORKERS", "1"))
+    if workers > 1:
+        running.wait_for_gateways(workers)
+    return running
