@@ -207,14 +207,14 @@ class Supervisor:
             return []
         if last is not None:
             self._lost[name] = msgspec.structs.replace(last, alive=False, counts=Counts(0, 0))
+        unwatched = [email for email, gateways in self._audience.items() if name in gateways]
+        for email in unwatched:
+            await self._forget_audience(name, email)
         now = self.clock()
         gone = [(imei, location.owner) for imei, location in self._located.items() if location.gateway == name]
         for imei, owner in gone:
             del self._located[imei]
             self._announce(owner, imei, "offline", now)
-        unwatched = [email for email, gateways in self._audience.items() if name in gateways]
-        for email in unwatched:
-            await self._forget_audience(name, email)
         return [imei for imei, _ in gone]
 
     def gateways(self) -> list[str]:

@@ -20,6 +20,7 @@ ALLOWED = {
     "frontend": {"core", "config"},
     "http": {"core", "persistence"},
     "loadgen": {"core"},
+    "cluster": {"core", "config", "app", "persistence", "tls", "logs"},
 }
 FRONT_END_LIBRARIES = {"aiohttp", "socketio", "engineio"}
 
@@ -59,9 +60,18 @@ def test_the_server_loads_neither_the_load_generator_nor_the_benchmark() -> None
     assert loaded == "[]"
 
 
-def test_the_default_path_does_not_import_motor() -> None:
-    probe = "import sys, iothub.app; print('motor' in sys.modules, 'ray' in sys.modules)"
+def test_one_process_imports_neither_motor_nor_ray() -> None:
+    """``iothub serve`` with one worker (the default) builds its application without Ray, or motor for SQLite."""
+    probe = (
+        "import sys, iothub.cli; from iothub.app import Hub; from iothub.config import Settings; "
+        "Hub(Settings.load({}, store='memory')).application(); print('motor' in sys.modules, 'ray' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False False"
+
+
+def test_only_the_cluster_imports_ray() -> None:
+    importers = {str(path.relative_to(PACKAGE).parent) for path in PACKAGE.rglob("*.py") if any(name.split(".")[0] == "ray" for name in imports_of(path))}
+    assert importers == {"cluster"}
 
 
 def test_only_the_http_layers_metrics_module_imports_prometheus_client() -> None:
