@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from .support.mongodb import mongodb_uri  # noqa: F401 (a session fixture: the MongoDB server, SecantusDB unless one is named)
-from .support.server import RunningServer, start_server, topology_env
+from .support.server import RunningServer, start_server, workers_of
 from .support.tls import Certificates, make_certificates, start_tls_server
 
 _imeis = itertools.count(100000000000000)
@@ -24,7 +24,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, topology: str) -> Iterator[RunningServer]:
     """One development server shared by a test module; tests use their own imeis and e-mails."""
-    running = start_server(tmp_path_factory.mktemp("server"), **topology_env(topology))
+    running = start_server(tmp_path_factory.mktemp("server"), workers=workers_of(topology))
     yield running
     running.stop()
 
@@ -35,7 +35,7 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     started: list[RunningServer] = []
 
     def start(**env: str) -> RunningServer:
-        running = start_server(tmp_path_factory.mktemp("server"), port=None, **env)
+        running = start_server(tmp_path_factory.mktemp("server"), None, 1, **env)
         started.append(running)
         return running
 

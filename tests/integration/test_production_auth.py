@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from ..support.clients import REPLY_STYLES, assert_failure, refused, rest
-from ..support.server import TEST_SECRET, free_port, start_server, topology_env
+from ..support.server import TEST_SECRET, free_port, start_server, workers_of
 
 #: One process, and a cluster of two gateways (tests/conftest.py).
 TOPOLOGIES = ("process", "cluster")
@@ -21,7 +21,7 @@ TOPOLOGIES = ("process", "cluster")
 @pytest.fixture(scope="module")
 def production(tmp_path_factory, topology):
     """One production server for the module (its clients use their own imeis and e-mails)."""
-    running = start_server(tmp_path_factory.mktemp("production"), IOTHUB_ENV="production", **topology_env(topology))
+    running = start_server(tmp_path_factory.mktemp("production"), IOTHUB_ENV="production", workers=workers_of(topology))
     yield running
     running.stop()
 

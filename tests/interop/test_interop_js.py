@@ -35,7 +35,7 @@ from typing import Any
 import jwt
 import pytest
 
-from ..support.server import RunningServer, start_server, topology_env
+from ..support.server import RunningServer, start_server, workers_of
 
 #: One process, and a cluster of two gateways (tests/conftest.py).
 TOPOLOGIES = ("process", "cluster")
@@ -283,7 +283,7 @@ class Dashboard:
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory, topology: str) -> Iterator[RunningServer]:
     """One production server (tokens required) for this module's auth tests."""
-    running = start_server(tmp_path_factory.mktemp("server"), IOTHUB_ENV="production", **topology_env(topology))
+    running = start_server(tmp_path_factory.mktemp("server"), IOTHUB_ENV="production", workers=workers_of(topology))
     yield running
     running.stop()
 

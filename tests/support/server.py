@@ -15,17 +15,12 @@ TEST_SECRET = "test-secret-that-is-long-enough-for-production-0123456789"
 #: Tests open many sockets at once from one address: no per-address limits, unless a test sets its own.
 UNLIMITED_ADDRESSES = {"IOTHUB_MAX_CONNECTIONS_PER_ADDRESS": "0", "IOTHUB_CONNECT_RATE_PER_ADDRESS": "0", "IOTHUB_AUTH_FAILURES_PER_ADDRESS": "0"}
 
-#: Two gateways on a local Ray cluster, and a supervisor actor.
-CLUSTER_OF_TWO = {"IOTHUB_WORKERS": "2"}
+def workers_of(topology: str) -> int:
+    """The gateways of a test topology: ``process`` is one, ``cluster`` two on a local Ray cluster."""
+    return 2 if topology == "cluster" else 1
 
 
-
-def topology_env(topology: str) -> dict[str, str]:
-    """The settings of a test topology: ``process`` (one), or ``cluster`` (:data:`CLUSTER_OF_TWO`)."""
-    return CLUSTER_OF_TWO if topology == "cluster" else {}
-
-
-__all__ = ["CLUSTER_OF_TWO", "TEST_SECRET", "UNLIMITED_ADDRESSES", "RunningServer", "free_port", "start_server", "topology_env"]
+__all__ = ["TEST_SECRET", "UNLIMITED_ADDRESSES", "RunningServer", "free_port", "start_server", "workers_of"]
 
 
 class RunningServer(ServerProcess):
@@ -55,8 +50,8 @@ class RunningServer(ServerProcess):
             time.sleep(0.1)
 
 
-def start_server(log_dir: Path, port: int | None = None, **env: str) -> RunningServer:
-    """Run ``iothub serve`` on 127.0.0.1 with ``env`` over a test environment; wait for /health."""
+def start_server(log_dir: Path, port: int | None = None, workers: int = 1, **env: str) -> RunningServer:
+    """Run ``iothub serve`` on 127.0.0.1 with ``env`` over a test environment; wait for /health (and every gateway)."""
     port = port or free_port()
     environment = {
         "HOST": "127.0.0.1",
@@ -65,10 +60,10 @@ def start_server(log_dir: Path, port: int | None = None, **env: str) -> RunningS
         "IOTHUB_ENV": "development",
         "IOTHUB_DB_PATH": str(log_dir / "iothub.db"),  # never in the repository
         **UNLIMITED_ADDRESSES,
+        "IOTHUB_WORKERS": str(workers),
         **env,
     }
     running = RunningServer(port=port, env=environment, log_path=log_dir / f"server-{port}.log", ready_timeout=90)
-    workers = int(environment.get("IOTHUB_WORKERS", "1"))
     if workers > 1:
         running.wait_for_gateways(workers)
     return running

@@ -70,7 +70,9 @@ def test_one_process_imports_neither_motor_nor_ray() -> None:
 
 
 def test_only_the_cluster_imports_ray() -> None:
-    importers = {str(path.relative_to(PACKAGE).parent) for path in PACKAGE.rglob("*.py") if any(name.split(".")[0] == "ray" for name in imports_of(path))}
+    importers = {
+        str(path.relative_to(PACKAGE).parent) for path in PACKAGE.rglob("*.py") if any(name.split(".")[0] == "ray" for name in imports_of(path))
+    }
     assert importers == {"cluster"}
 
 

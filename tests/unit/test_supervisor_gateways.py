@@ -127,7 +127,10 @@ async def test_a_dropped_gateways_devices_go_offline_and_its_audience_leaves_the
     await cluster.register("b", "device")
     gone = await cluster.supervisor.drop("b")
     assert gone == [IMEI]
-    assert cluster.received("a", "dashboard")[-1] == ("device_status", {"type": "device_status", "imei": IMEI, "status": "offline", "timestamp": cluster.clock.now})
+    assert cluster.received("a", "dashboard")[-1] == (
+        "device_status",
+        {"type": "device_status", "imei": IMEI, "status": "offline", "timestamp": cluster.clock.now},
+    )
     assert (await cluster.supervisor.counts()).devices == 0
     assert cluster.supervisor.gateways() == ["a"]
 
