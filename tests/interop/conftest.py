@@ -46,6 +46,6 @@ def js(tmp_path_factory: pytest.TempPathFactory) -> JsClient:
     version = json.loads(manifest.read_text())["version"]
     if not version.startswith("4."):
         return JsClient(None, None, version, f"npm installed socket.io-client {version}, not 4.x")
-    for script in ("device.mjs", "dashboard.mjs"):
+    for script in ("device.mjs", "dashboard.mjs", "fleet.mjs"):
         shutil.copy(SCRIPTS / script, folder / script)
     return JsClient(folder, node, version, None)

@@ -191,6 +191,22 @@ class JsClient:
             pytest.fail(f"device.mjs did not end within {SCRIPT_TIMEOUT} s; it printed:\n{_text(expired.stdout)}")
         return Run(done.returncode, parse_lines(done.stdout), done.stderr)
 
+    def fleet(self, url: str, count: int, email: str, first_imei: str) -> Run:
+        """fleet.mjs: ``count`` devices and a dashboard, socket.io-client's default options."""
+        node, folder = self.ready()
+        try:
+            done = subprocess.run(
+                [node, str(folder / "fleet.mjs"), url, str(count), email, first_imei],
+                cwd=folder,
+                env=self.environment("ack", None),
+                capture_output=True,
+                text=True,
+                timeout=SCRIPT_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired as expired:
+            pytest.fail(f"fleet.mjs did not end within {SCRIPT_TIMEOUT} s; it printed:\n{_text(expired.stdout)}")
+        return Run(done.returncode, parse_lines(done.stdout), done.stderr)
+
     def dashboard(
         self, url: str, transport: str, email: str, imei: str | None = None, *, style: str = "event", token: str | None = None
     ) -> Dashboard:
@@ -437,6 +453,18 @@ def server_log_on_failure(server: RunningServer) -> Iterator[None]:
 def test_seed_device_and_dashboard(js, server, imei, email, transport: str, style: str) -> None:
     with server_log_on_failure(server):
         seed_flow(js, server.url, transport, imei(), email(), style)
+
+
+def test_twenty_clients_with_the_default_options_all_connect_upgrade_and_deliver(js, server, email) -> None:
+    """Polling first, then the upgrade: against two gateways, a poll or an upgrade may land on either."""
+    owner, first = email(), "356938035640000"
+    with server_log_on_failure(server):
+        run = js.fleet(server.url, 20, owner, first)
+        summary = run.one("done")
+        assert run.returncode == 0, run
+    assert (summary["connected"], summary["acknowledged"], summary["upgraded"]) == (20, 20, 20), summary
+    assert sorted(summary["updates"]) == [str(int(first) + index) for index in range(20)]
+    assert summary["errors"] == []
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -37,6 +38,18 @@ class RunningServer(ServerProcess):
         with urllib.request.urlopen(self.url + "/api/realtime/status", timeout=5) as answer:
             data: dict[str, Any] = json.load(answer)["data"]
             return data
+
+    def gateway_addresses(self, timeout: float = 30) -> dict[str, str]:
+        """Each live gateway's own address, by name (from the supervisor's log): a client connected
+        there is on that gateway, where the shared port lets the kernel choose."""
+        deadline = time.monotonic() + timeout
+        while True:
+            joined = dict(re.findall(r"(gateway-\d+) \(pid \d+, private address (http://[\d.:]+)\) joined", self.log()))
+            if len(joined) >= sum(gateway["alive"] for gateway in self.status()["gateways"]):
+                return joined
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gateways' addresses are not in the log: {self.log()[-2000:]}")
+            time.sleep(0.1)
 
     def wait_for_gateways(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
         """Wait until ``count`` gateways are alive (a cluster answers /health as soon as its first listens)."""
