@@ -93,6 +93,7 @@ def serve(overrides: dict[str, str | None]) -> int:
     ssl_context = server_context(settings)  # before anything else: a TLS file it cannot use is a ConfigError
     logs.configure(settings.log_format, debug=bool(settings.debug))
     if settings.workers > 1:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when Ray is imported: every gateway's lines, not a tally of repeats
         from .cluster.launch import serve_cluster
 
         return serve_cluster(settings)

@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "iothub"
 SUPERVISOR = "supervisor"
 #: How often the supervisor asks each gateway whether it lives, and how long it waits for the answer.
-WATCH_INTERVAL_S = 0.5
+WATCH_INTERVAL_S = 0.25
 WATCH_TIMEOUT_S = 1.0
 
 
@@ -213,21 +213,23 @@ class SupervisorActor:
         return os.getpid()
 
     async def join(self, name: str, handle: ActorHandle, report: GatewayReport, address: str, state: GatewayState) -> None:
+        previous = self.members.get(name)
+        if previous is not None:
+            await self._drop(previous)  # an earlier incarnation, if the watch has not dropped it yet
         member = GatewayMember(name, handle, report, address, self._unreachable)
         self.members[name] = member
         self._publish_peers(joining=name)  # first: routes to the joiner may follow at once
         await self.supervisor.join(name, member, state)
         log.info("%s (pid %d, private address %s) joined with %d devices", name, report.pid, address, len(state.devices))
 
-    def _unreachable(self, name: str) -> None:
-        member = self.members.get(name)
-        if member is not None:
-            task = asyncio.get_running_loop().create_task(self._drop(member))
-            self._drops.add(task)
-            task.add_done_callback(self._drops.discard)
+    def _unreachable(self, member: GatewayMember) -> None:
+        task = asyncio.get_running_loop().create_task(self._drop(member))
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
 
     async def _drop(self, member: GatewayMember) -> None:
-        if member.name not in self.supervisor.gateways():
+        """Drop this incarnation of a gateway, unless it is gone already or a newer one has joined."""
+        if self.members.get(member.name) is not member or member.name not in self.supervisor.gateways():
             return
         gone = await self.supervisor.drop(member.name, member.last)
         self._publish_peers()
@@ -247,15 +249,13 @@ class SupervisorActor:
             await asyncio.gather(*(self._check(member) for member in tuple(self.members.values())))
 
     async def _check(self, member: GatewayMember) -> None:
-        live = member.name in self.supervisor.gateways()
         try:
             await asyncio.wait_for(member.handle.ping.remote(), WATCH_TIMEOUT_S)
         except (TimeoutError, RayError):
-            if live:
-                await self._drop(member)
+            await self._drop(member)
             return
-        if not live:
-            member.handle.rejoin.remote()
+        if self.members.get(member.name) is member and member.name not in self.supervisor.gateways():
+            member.handle.rejoin.remote()  # it was dropped while it lived: it comes back with its state
 
     async def _recall(self) -> None:
         """After a restart of this actor: every gateway already running joins again, with its state."""

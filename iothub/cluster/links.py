@@ -20,7 +20,7 @@ that the supervisor is restarting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import msgspec
@@ -75,7 +75,9 @@ Directive = SendToUser | Routes | Peers
 class GatewayMember:
     """A gateway actor, as the supervisor's :class:`~iothub.core.supervisor.GatewayLink`."""
 
-    def __init__(self, name: str, handle: ActorHandle, report: GatewayReport, address: str, lost: Callable[[str], None]) -> None:
+    def __init__(
+        self, name: str, handle: ActorHandle, report: GatewayReport, address: str, lost: Callable[[GatewayMember], None]
+    ) -> None:
         self.name = name
         self.handle = handle
         #: Its private address, for forwarding.
@@ -93,7 +95,7 @@ class GatewayMember:
         try:
             answer: T = await getattr(self.handle, method).remote(*args)
         except RayError:
-            self._lost(self.name)
+            self._lost(self)
             return failed
         return answer
 
@@ -258,10 +260,14 @@ class Crossings:
             else:
                 relayed["packets_dropped"] += 1
 
-    def _sender(self, name: str) -> Callable[[list[Crossing]], Any]:
-        def send(batch: list[Crossing]) -> Any:
+    def _sender(self, name: str) -> Callable[[list[Crossing]], Awaitable[object]]:
+        async def send(batch: list[Crossing]) -> object:
+            peer = self.peers.get(name)
+            if peer is None:  # gone from the cluster since the routes named it: its dashboards went with it
+                self.counters.relayed["packets_dropped"] += len(batch)
+                return None
             self.counters.relayed["calls_out"] += 1
-            return self.peers[name].receive.remote(batch)
+            return await peer.receive.remote(batch)
 
         return send
 
