@@ -369,7 +369,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``iothub bench`` and ``python -m bench``."""
+    """``iothub bench`` and ``python -m bench``; ``iothub bench cluster …`` is :mod:`bench.cluster`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cluster"]:
+        from .cluster import main as cluster
+
+        return cluster(argv[1:])
     args = _parser().parse_args(argv)
     changes = {name: getattr(args, name) for name in ("devices", "dashboards", "window", "rate", "duration")}
     if args.rate is not None and args.window is None:

@@ -5,9 +5,11 @@ microseconds: one call per message would cap a gateway at about a thousand
 messages a second. A :class:`Batcher` gathers what a loop turn produces and
 sends it in one call, with one call in flight at a time — which also keeps
 the items in order, as an async actor may run two calls from one caller in
-either order. While a call is in flight the next batch grows. Past ``limit``
-items waiting, new ones are dropped and counted: a peer that does not take
-them cannot make this process's memory grow without bound.
+either order. While a call is in flight the next batch grows; with an
+``interval``, calls also start at least that far apart, so that a steady
+stream goes in batches of many items rather than many calls of a few. Past
+``limit`` items waiting, new ones are dropped and counted: a peer that does
+not take them cannot make this process's memory grow without bound.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ BATCH_LIMIT = 200_000
 
 
 class Batcher(Generic[T]):
-    def __init__(self, send: Callable[[list[T]], Awaitable[object]], *, name: str, kind: str, limit: int = BATCH_LIMIT) -> None:
+    def __init__(
+        self, send: Callable[[list[T]], Awaitable[object]], *, name: str, kind: str, interval: float = 0.0, limit: int = BATCH_LIMIT
+    ) -> None:
         self.send = send
+        self.interval = interval
         #: Who receives the batches, and what they carry: for the log.
         self.name = name
         self.kind = kind
@@ -40,15 +45,26 @@ class Batcher(Generic[T]):
         #: Resolved once the waiting items' call, and the flying call, have returned (made when asked for).
         self._waiting_done: asyncio.Future[None] | None = None
         self._flying_done: asyncio.Future[None] | None = None
+        #: When the last call started (the loop's clock).
+        self._last_call = float("-inf")
 
     def push(self, item: T) -> None:
         if len(self._waiting) >= self.limit:
             self.dropped += 1
             return
         self._waiting.append(item)
-        if not self._scheduled and self._flying is None:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._scheduled or self._flying is not None:
+            return
+        self._scheduled = True
+        loop = asyncio.get_running_loop()
+        wait = self._last_call + self.interval - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self._flush)
+        else:
+            loop.call_soon(self._flush)
 
     def flush_now(self) -> None:
         """Send what waits now, if no call is in flight: before a direct call that must come after it."""
@@ -78,6 +94,7 @@ class Batcher(Generic[T]):
         self._flying_done, self._waiting_done = self._waiting_done, None
         self.items += len(batch)
         self.calls += 1
+        self._last_call = asyncio.get_running_loop().time()
         try:
             self._flying = asyncio.ensure_future(self.send(batch))
         except Exception as exc:  # the call could not even be made: count it as a failed one
@@ -94,4 +111,8 @@ class Batcher(Generic[T]):
         if self._flying_done is not None:
             self._flying_done.set_result(None)
             self._flying_done = None
-        self._flush()
+        if self._waiting:
+            if self._last_call + self.interval <= asyncio.get_running_loop().time():
+                self._flush()
+            else:
+                self._schedule()

@@ -117,3 +117,18 @@ async def test_past_its_limit_a_batcher_drops_and_counts(limit: int) -> None:
     peer.answer()
     await turn()
     assert peer.batches[1] == list(range(1, limit + 1))
+
+
+async def test_with_an_interval_calls_start_that_far_apart_and_carry_what_gathered() -> None:
+    peer = Peer()
+    batcher: Batcher[int] = Batcher(peer.take, name="peer", kind="numbers", interval=0.05)
+    batcher.push(0)
+    await turn()
+    peer.answer()
+    for item in range(1, 4):
+        batcher.push(item)
+        await turn()
+    assert peer.batches == [[0]], "the next call waits for the interval"
+    await asyncio.sleep(0.06)
+    await turn()
+    assert peer.batches == [[0], [1, 2, 3]]
