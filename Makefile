@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard iothub/core/*.pyx)
 
 build: $(STAMP)
 
+# ARGS: flags for the server, e.g. make serve ARGS="--workers 2"
 serve: $(STAMP)
-	$(BIN)/iothub serve
+	$(BIN)/iothub serve $(ARGS)
 
 # Lint and types first (seconds), then every tier of tests.
 test: $(STAMP)
@@ -30,12 +31,15 @@ test-image: $(STAMP)
 	IOTHUB_TEST_IMAGE=1 $(BIN)/pytest tests/container
 
 # Micro-benchmarks, then the fleet benchmark: persistence on (iothub, SQLite) against off
-# (iothub:memory) in five alternating rounds, and against the plain baseline (about ten minutes).
+# (iothub:memory) in five alternating rounds, and against the plain baseline; then one process against
+# two gateways on Ray, loaded and lightly loaded (about fifteen minutes).
 bench: $(STAMP)
 	$(BIN)/pytest bench --benchmark-only --benchmark-min-time=0.0005 --benchmark-columns=min,median,mean,ops
 	$(BIN)/iothub bench --scenario burst --server iothub --server iothub:memory --rounds 5
 	$(BIN)/iothub bench --scenario burst --server iothub --server baseline --rounds 3
 	$(BIN)/iothub bench --scenario fleet --server iothub --server iothub:memory --server baseline
+	$(BIN)/iothub bench cluster --workers 1 --workers 2 --rate 8000 --duration 15
+	$(BIN)/iothub bench cluster --workers 1 --workers 2 --rate 2000 --duration 15
 
 # The dashboard page's browser libraries (socket.io-client, Leaflet, uPlot) from npm, at the
 # versions pinned in scripts/vendor.sh, into iothub/http/static/vendor/ with their licences.

@@ -72,6 +72,9 @@ SUPERVISOR = "supervisor"
 #: How often the supervisor asks each gateway whether it lives, and how long it waits for the answer.
 WATCH_INTERVAL_S = 0.25
 WATCH_TIMEOUT_S = 1.0
+#: A gateway joining a supervisor that Ray is restarting asks again, this often, this long apart.
+REJOIN_ATTEMPTS = 300
+REJOIN_PAUSE_S = 0.1
 
 
 def gateway_name(index: int) -> str:
@@ -104,6 +107,7 @@ class GatewayActor:
         listener = socket.create_server((private_host, 0))
         await web.SockSite(self.runner, listener).start()
         self.address = f"http://{private_host}:{listener.getsockname()[1]}"
+        self._rejoining = asyncio.Lock()
         self._joining = asyncio.get_running_loop().create_task(self.rejoin())  # after __init__: the supervisor calls back
 
     def _relay(self, counters: Counters) -> Crossings:
@@ -114,9 +118,20 @@ class GatewayActor:
         return asyncio.ensure_future(self.client.registry_committed())
 
     async def rejoin(self) -> None:
-        """Tell the supervisor what this gateway holds (it started, or the supervisor did)."""
+        """Tell the supervisor what this gateway holds (it started, or the supervisor did).
+
+        A supervisor Ray is still restarting refuses the call for a moment: asked again until it takes it.
+        """
         me = ray.get_runtime_context().current_actor
-        await self.supervisor.join.remote(self.name, me, await self.plane.report(), self.address, self.plane.state())
+        async with self._rejoining:
+            for _ in range(REJOIN_ATTEMPTS):
+                try:
+                    await self.supervisor.join.remote(self.name, me, await self.plane.report(), self.address, self.plane.state())
+                    return
+                except RayError as error:
+                    log.info("%s: the supervisor is not there yet (%s); asking again", self.name, type(error).__name__)
+                    await asyncio.sleep(REJOIN_PAUSE_S)
+            log.error("%s could not join the supervisor", self.name)
 
     async def ping(self) -> int:
         return os.getpid()
