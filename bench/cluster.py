@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
 import sys
@@ -37,6 +38,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -48,6 +50,8 @@ from .fleet import UNLIMITED_LOAD, _delivered, _drain, _send_rate, _send_window,
 
 GATEWAY_JOINED = re.compile(r"(gateway-\d+) \(pid (\d+), private address (http://[\d.:]+)\) joined")
 CROSSING = ("none", "worst")
+#: Seconds between the load's shards all connected and their common start.
+START_DELAY_S = 0.5
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -73,6 +77,9 @@ class ClusterResult(msgspec.Struct, kw_only=True):
     workers: int
     crossing: str
     load: Load
+    #: Ray actors the load ran in (0: this process), and how the server's connections fell on its gateways.
+    load_workers: int
+    connections_by_gateway: dict[str, int]
     acked_per_second: float
     delivered_per_second: float
     cpu_us_per_delivered: float
@@ -146,41 +153,112 @@ def relayed(url: str) -> float:
     return sum(float(value) for value in re.findall(r'iothub_cluster_relayed_total\{kind="packets_in"\} (\S+)', text))
 
 
-async def drive(config: Config, load: Load, server: ServerProcess) -> ClusterResult:
-    gateways = gateway_addresses(server, config.workers)
-    urls = [address for _, (_, address) in sorted(gateways.items())]
-    rng = random.Random(7)
-    tally = Tally()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        dashboards = [Dashboard(session, urls[owner % len(urls)], owner_of(owner, load.owners)) for owner in range(load.owners)]
-        devices = []
+class ShardResult(msgspec.Struct, kw_only=True):
+    """What one shard of the load saw: counts over the measured window, and every latency sample (so that
+    shards merge exactly: percentiles of the merged samples, not averages of percentiles)."""
+
+    connections: int
+    acked: int
+    delivered: int
+    lost: int
+    duplicated: int
+    out_of_order: int
+    latency_ns: list[int]
+
+
+class Shard:
+    """The owners ``owner % shards == index``, one dashboard each, and their devices, placed on the
+    gateways' ``urls`` by the crossing rule; in this process, or in a Ray actor (``--load-workers``)."""
+
+    def __init__(self, index: int, shards: int, load: Load, urls: list[str], crossing: str) -> None:
+        self.load, self.urls, self.crossing = load, urls, crossing
+        self.owners = [owner for owner in range(load.owners) if owner % shards == index]
+        self.rng = random.Random(7 + index)
+        self.tally = Tally()
+
+    async def connect(self) -> int:
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        load, urls, owners = self.load, self.urls, set(self.owners)
+        self.dashboards = [Dashboard(self.session, urls[owner % len(urls)], owner_of(owner, load.owners)) for owner in self.owners]
+        self.devices = []
         for index in range(load.devices):
             owner = index % load.owners
-            on = owner if config.crossing == "none" else owner + index // load.owners
-            devices.append(Device(session, urls[on % len(urls)], index, load.owners, tally, rng))
-        await start_all(dashboards, 100)
-        await start_all(devices, 100)
-        print(f"[{config.label}] {load.devices} devices and {load.owners} dashboards connected", flush=True)
+            if owner in owners:
+                on = owner if self.crossing == "none" else owner + index // load.owners
+                self.devices.append(Device(self.session, urls[on % len(urls)], index, load.owners, self.tally, self.rng))
+        await start_all(self.dashboards, 100)
+        await start_all(self.devices, 100)
+        return len(self.dashboards) + len(self.devices)
+
+    async def run(self, start_at: float) -> ShardResult:
+        """Send from ``start_at`` (wall clock) for the warm-up and the measured window; count the window."""
+        load, tally, dashboards = self.load, self.tally, self.dashboards
+        await asyncio.sleep(max(0.0, start_at - time.time()))
         stop_at = time.monotonic() + load.warmup + load.duration
+        period = load.devices / load.rate
         senders = [
-            asyncio.create_task(_send_window(d, load.window, stop_at) if load.window else _send_rate(d, load.devices / load.rate, stop_at, rng))
-            for d in devices
+            asyncio.create_task(_send_window(d, load.window, stop_at) if load.window else _send_rate(d, period, stop_at, self.rng))
+            for d in self.devices
         ]
         await asyncio.sleep(load.warmup)
         for dashboard in dashboards:
             dashboard.latency_ns.clear()
-        cpu_before, relayed_before = tree_cpu(server.pid), relayed(server.url)
-        acked_before, delivered_before, started = tally.acked, _delivered(dashboards), time.monotonic()
+        acked, delivered = tally.acked, _delivered(dashboards)
         await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
-        elapsed = time.monotonic() - started
-        cpu_after, relayed_after = tree_cpu(server.pid), relayed(server.url)
-        acked, delivered = tally.acked - acked_before, _delivered(dashboards) - delivered_before
+        acked, delivered = tally.acked - acked, _delivered(dashboards) - delivered
         await asyncio.gather(*senders)
         await _drain(tally, dashboards, timeout=10)
-        gateway_pids = {pid for pid, _ in gateways.values()} if config.workers > 1 else set()
-        rss = {pid: rss_bytes(pid) for pid in process_tree(server.pid)}
-        members: tuple[Device | Dashboard, ...] = (*devices, *dashboards)
+        members: tuple[Device | Dashboard, ...] = (*self.devices, *dashboards)
         await asyncio.gather(*(member.client.close() for member in members))
+        await self.session.close()
+        return ShardResult(
+            connections=len(members),
+            acked=acked,
+            delivered=delivered,
+            lost=max(0, tally.acked - _delivered(dashboards)),
+            duplicated=sum(d.duplicates for d in dashboards),
+            out_of_order=sum(d.out_of_order for d in dashboards),
+            latency_ns=[sample for dashboard in dashboards for sample in dashboard.latency_ns],
+        )
+
+
+async def connect_shards(config: Config, load: Load, urls: list[str], load_workers: int) -> list[Any]:
+    """The load's shards, connected: one here, or one per Ray actor (``load_workers``)."""
+    if load_workers == 0:
+        shard = Shard(0, 1, load, urls, config.crossing)
+        await shard.connect()
+        return [shard]
+    import ray
+
+    worker: Any = ray.remote(Shard)
+    shards = [worker.options(num_cpus=0).remote(index, load_workers, load, urls, config.crossing) for index in range(load_workers)]
+    await asyncio.gather(*(shard.connect.remote() for shard in shards))
+    return shards
+
+
+async def run_shards(shards: list[Any], load_workers: int, start_at: float) -> list[ShardResult]:
+    runs = [shard.run(start_at) if load_workers == 0 else shard.run.remote(start_at) for shard in shards]
+    results: list[ShardResult] = await asyncio.gather(*runs)
+    return results
+
+
+async def drive(config: Config, load: Load, server: ServerProcess, load_workers: int) -> ClusterResult:
+    gateways = gateway_addresses(server, config.workers)
+    urls = [address for _, (_, address) in sorted(gateways.items())]
+    shards = await connect_shards(config, load, urls, load_workers)
+    start_at = time.time() + START_DELAY_S
+    run = asyncio.ensure_future(run_shards(shards, load_workers, start_at))
+    await asyncio.sleep(max(0.0, start_at - time.time() + load.warmup))
+    spread = {entry["id"]: entry["connections"] for entry in status(server.url)["gateways"]}
+    print(f"[{config.label}] connections by gateway: {spread}", flush=True)
+    cpu_before, relayed_before, started = tree_cpu(server.pid), relayed(server.url), time.monotonic()
+    await asyncio.sleep(load.duration)
+    elapsed = time.monotonic() - started
+    cpu_after, relayed_after = tree_cpu(server.pid), relayed(server.url)
+    shards = await run
+    acked, delivered = sum(s.acked for s in shards), sum(s.delivered for s in shards)
+    gateway_pids = {pid for pid, _ in gateways.values()} if config.workers > 1 else set()
+    rss = {pid: rss_bytes(pid) for pid in process_tree(server.pid)}
     cpu = sum(cpu_after[pid] - cpu_before[pid] for pid in cpu_after.keys() & cpu_before.keys())
     by_role: dict[str, float] = {}
     for pid in cpu_after.keys() & cpu_before.keys():
@@ -191,32 +269,41 @@ async def drive(config: Config, load: Load, server: ServerProcess) -> ClusterRes
         workers=config.workers,
         crossing=config.crossing,
         load=load,
+        load_workers=load_workers,
+        connections_by_gateway=spread,
         acked_per_second=round(acked / elapsed, 1),
         delivered_per_second=round(delivered / elapsed, 1),
         cpu_us_per_delivered=round(cpu / delivered * 1e6, 2) if delivered else float("nan"),
         cpu_cores=round(cpu / elapsed, 3),
         crossed_share=round((relayed_after - relayed_before) / delivered, 3) if delivered else 0.0,
-        latency_ms=percentiles([sample for dashboard in dashboards for sample in dashboard.latency_ns]),
-        lost=max(0, tally.acked - _delivered(dashboards)),
-        duplicated=sum(d.duplicates for d in dashboards),
-        out_of_order=sum(d.out_of_order for d in dashboards),
+        latency_ms=percentiles([sample for shard in shards for sample in shard.latency_ns]),
+        lost=sum(s.lost for s in shards),
+        duplicated=sum(s.duplicated for s in shards),
+        out_of_order=sum(s.out_of_order for s in shards),
         ray_fixed_mib=round(sum(size for pid, size in rss.items() if pid not in gateway_pids) / 2**20, 1) if gateway_pids else 0.0,
         gateway_mib=[round(rss[pid] / 2**20, 1) for pid in sorted(gateway_pids) if pid in rss] or [round(rss[server.pid] / 2**20, 1)],
         cpu_by_role={role: round(value, 2) for role, value in sorted(by_role.items())},
     )
 
 
-def run_one(config: Config, load: Load) -> ClusterResult:
+def status(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/api/realtime/status", timeout=10) as answer:
+        data: dict[str, Any] = msgspec.json.decode(answer.read())["data"]
+        return data
+
+
+def run_one(config: Config, load: Load, load_workers: int) -> ClusterResult:
     from iothub.loop import new_event_loop
 
     with tempfile.TemporaryDirectory(prefix="iothub-bench-") as data:
         port = free_port()
         env = {"HOST": "127.0.0.1", **UNLIMITED_LOAD, "IOTHUB_WORKERS": str(config.workers), "IOTHUB_DB_PATH": str(Path(data) / "iothub.db")}
+        env["RAY_ADDRESS"] = ""  # the load's Ray (--load-workers) set it for this process's children: the server has its own
         server = ServerProcess((*IOTHUB_SERVE, "--port", str(port)), port=port, env=env, ready_timeout=120)
         try:
             loop = new_event_loop()
             try:
-                return loop.run_until_complete(drive(config, load, server))
+                return loop.run_until_complete(drive(config, load, server, load_workers))
             finally:
                 loop.close()
         finally:
@@ -254,15 +341,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=default.rate, help="messages per second from the whole fleet")
     parser.add_argument("--window", type=int, default=0, help="messages in flight per device (instead of --rate)")
     parser.add_argument("--duration", type=float, default=default.duration)
+    parser.add_argument("--load-workers", type=int, default=0, help="run the load in this many Ray actors (default 0: in this process)")
+    parser.add_argument("--ray-address", help="with --load-workers: the Ray cluster to run them on (default: a local one)")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
+    if args.load_workers:
+        import ray
+
+        # A Ray of the load's own (never the server's, whose CPU is measured), its workers able to import bench/.
+        ray.init(
+            address=args.ray_address or "local",
+            namespace="iothub-bench",
+            include_dashboard=False,
+            runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}},
+        )
     load = Load(devices=args.devices, owners=args.owners, rate=args.rate, window=args.window, duration=args.duration)
     configs = [
         Config(workers, crossing)
         for workers in args.workers or [1, 2]
         for crossing in ((args.crossing or list(CROSSING)) if workers > 1 else ["none"])
     ]
-    results = [run_one(config, load) for config in configs]
+    results = [run_one(config, load, args.load_workers) for config in configs]
     single = next((r.cpu_us_per_delivered for r in results if r.workers == 1), None)
     for result in results:
         if single is not None and result.workers > 1:

@@ -40,7 +40,8 @@ def serve_cluster(settings: Settings) -> int:
         options["num_cpus"] = max(settings.workers, os.cpu_count() or 1)
         if loopback:
             options["_node_ip_address"] = "127.0.0.1"
-    ray.init(address=settings.ray_address, namespace=NAMESPACE, include_dashboard=False, **options)
+    # "local": a new cluster of this process's own, never one Ray would otherwise find on this machine.
+    ray.init(address=settings.ray_address or "local", namespace=NAMESPACE, include_dashboard=False, **options)
     stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -97,3 +97,18 @@ def test_pinning_a_server_pins_every_thread_it_has(started, tmp_path, monkeypatc
 def test_bad_bench_arguments_are_refused_before_anything_starts(arguments: list[str], message: str, capsys) -> None:
     assert main(["bench", "--out", "/nonexistent/never-written", *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_cluster_benchmark_places_its_load_and_measures_every_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``iothub bench cluster``, small: two gateways with half the deliveries crossing, the load in two Ray actors."""
+    arguments = ["--workers", "2", "--crossing", "worst", "--devices", "40", "--owners", "4", "--rate", "200", "--duration", "2"]
+    assert main(["bench", "cluster", *arguments, "--load-workers", "2", "--out", str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("cluster-*.json")
+    (result,) = json.loads(written.read_text())
+    assert result["workers"] == 2 and result["load_workers"] == 2
+    assert result["connections_by_gateway"] == {"gateway-0": 22, "gateway-1": 22}, "each owner's dashboard on one, its devices on both"
+    assert 0.3 < result["crossed_share"] < 0.7
+    assert (result["lost"], result["duplicated"], result["out_of_order"]) == (0, 0, 0)
+    assert result["delivered_per_second"] > 0 and result["cpu_us_per_delivered"] > 0
+    assert {"gateways", "supervisor", "driver"} <= result["cpu_by_role"].keys()
+    assert "connections by gateway" in capsys.readouterr().out
