@@ -46,7 +46,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def joined(tmp_path_factory: pytest.TempPathFactory, ray_head: str) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("joined"), workers=2, RAY_ADDRESS=ray_head, **TOKEN_AUTH)
+    running = start_server(tmp_path_factory.mktemp("joined"), workers=2, RAY_ADDRESS=ray_head, RAY_AUTH_MODE=TOKEN_AUTH["RAY_AUTH_MODE"])
     yield running
     assert running.stop() == 0
 
