@@ -36,7 +36,6 @@ from ..core.commands import (
     Attach,
     Broadcast,
     Counts,
-    Crossing,
     Departed,
     Detach,
     GatewayReport,
@@ -62,7 +61,8 @@ from ..persistence.factory import create_store
 from ..persistence.writebehind import WriteBehind
 from ..tls import server_context
 from .forwarding import Forwarder
-from .links import Crossings, Directive, GatewayMember, Peers, SupervisorClient
+from .links import Directive, GatewayMember, Peers, SupervisorClient
+from .relay import RELAY_PATH, Crossings, relay_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,13 @@ def gateway_name(index: int) -> str:
 
 
 class GatewayActor:
-    async def __init__(self, index: int, settings: Settings) -> None:  # type: ignore[misc]  # Ray awaits it in the actor's loop
+    async def __init__(self, index: int, settings: Settings, secret: str) -> None:  # type: ignore[misc]  # Ray awaits it in the actor's loop
         logs.configure(settings.log_format, debug=bool(settings.debug))
         self.name = gateway_name(index)
         self.settings = settings
         self.supervisor = ray.get_actor(SUPERVISOR, namespace=NAMESPACE)
         self.client = SupervisorClient(self.supervisor)
+        self.secret = secret
         self.crossings: Crossings | None = None
         membership = Membership(self.name, self.client, self.client, self._relay, self._registry_committed)
         self.hub = Hub(settings, membership=membership)
@@ -99,7 +100,9 @@ class GatewayActor:
         )
         self.hub.gateway.name_sessions(self.forwarder.prefix)
         self.hub.gateway.elsewhere = self.forwarder
-        self.runner = web.AppRunner(self.hub.application(), **SERVER_OPTIONS)
+        app = self.hub.application()
+        app.router.add_get(RELAY_PATH, relay_endpoint(self.plane, secret))
+        self.runner = web.AppRunner(app, **SERVER_OPTIONS)
         await self.runner.setup()
         public = web.TCPSite(self.runner, settings.bind_host, settings.port, ssl_context=server_context(settings), reuse_port=True)
         await public.start()
@@ -111,7 +114,7 @@ class GatewayActor:
         self._joining = asyncio.get_running_loop().create_task(self.rejoin())  # after __init__: the supervisor calls back
 
     def _relay(self, counters: Counters) -> Crossings:
-        self.crossings = self.client.crossings = Crossings(counters)
+        self.crossings = self.client.crossings = Crossings(counters, self.secret)
         return self.crossings
 
     def _registry_committed(self) -> asyncio.Future[None]:
@@ -184,19 +187,13 @@ class GatewayActor:
             else:
                 self.forwarder.update(directive.addresses)
                 if self.crossings is not None:
-                    self.crossings.peers = directive.handles
-
-    # ------------------------------------------------------------------ other gateways
-
-    async def receive(self, packets: list[Crossing]) -> int:
-        self.plane.counters.relayed["packets_in"] += len(packets)
-        return self.plane.receive(packets)
+                    self.crossings.addresses = directive.addresses
 
     async def stop(self) -> int:
         """Stop serving: the listeners close, what was taken is written, the sockets close; return rows lost."""
         await self.runner.cleanup()
         if self.crossings is not None:
-            await self.crossings.delivered()
+            await self.crossings.close()
         await self.client.closed.delivered()
         await self.forwarder.close()
         return self.hub.lost
@@ -253,7 +250,7 @@ class SupervisorActor:
     def _publish_peers(self, joining: str | None = None) -> None:
         live = {*self.supervisor.gateways(), *([joining] if joining else [])}
         members = [member for name, member in self.members.items() if name in live]
-        peers = Peers({member.name: member.handle for member in members}, {member.name: member.address for member in members})
+        peers = Peers({member.name: member.address for member in members})
         for name in live:
             self.members[name].stream.push(peers)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import threading
 from types import FrameType
@@ -23,12 +24,15 @@ from ray.exceptions import RayError
 
 from .. import logs
 from ..config import ConfigError, Settings
+from ..persistence.factory import store_kind
 from .actors import NAMESPACE, SUPERVISOR, GatewayActor, SupervisorActor, actor_options, gateway_name
 
 log = logging.getLogger(__name__)
 
 #: How long the gateways and the supervisor get to start (Ray starts a process for each).
 START_TIMEOUT_S = 120.0
+#: How long one actor gets to stop: its write-behind's own limit (IOTHUB_SHUTDOWN_TIMEOUT_MS) and the sockets' close.
+STOP_TIMEOUT_S = 60.0
 
 
 def serve_cluster(settings: Settings) -> int:
@@ -49,6 +53,7 @@ def serve_cluster(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    secret = secrets.token_urlsafe(32)  # the gateways' relay endpoints take only each other
     try:
         supervisor_actor: Any = ray.remote(SupervisorActor)
         gateway_actor: Any = ray.remote(GatewayActor)
@@ -56,7 +61,7 @@ def serve_cluster(settings: Settings) -> int:
         ray.get(supervisor.ready.remote(), timeout=START_TIMEOUT_S)
         gateways = [
             gateway_actor.options(**actor_options(name=f"iothub-{gateway_name(index)}", num_cpus=1, scheduling_strategy="SPREAD")).remote(
-                index, settings
+                index, settings, secret
             )
             for index in range(settings.workers)
         ]
@@ -68,10 +73,20 @@ def serve_cluster(settings: Settings) -> int:
     while not stopping.wait(1.0):
         pass
     log.info("stopping the cluster's %d gateways", len(gateways))
-    lost: int = sum(ray.get([gateway.stop.remote() for gateway in gateways]))
-    lost += ray.get(supervisor.stop.remote())
+    lost = sum(stopped(stopping) for stopping in [gateway.stop.remote() for gateway in gateways])  # together
+    lost += stopped(supervisor.stop.remote())
     ray.shutdown()
     return 1 if lost else 0
+
+
+def stopped(stopping: Any) -> int:
+    """An actor's stop, awaited: the rows it could not write (1 when it could not stop cleanly: say so)."""
+    try:
+        lost: int = ray.get(stopping, timeout=STOP_TIMEOUT_S)
+    except (RayError, TimeoutError) as error:
+        log.error("an actor of the cluster did not stop cleanly: %s", error)
+        return 1
+    return lost
 
 
 def describe(settings: Settings, pids: list[int]) -> str:
@@ -79,5 +94,5 @@ def describe(settings: Settings, pids: list[int]) -> str:
     return (
         f"iothub listening on {'https' if settings.tls_cert else 'http'}://{settings.bind_host}:{settings.port} "
         f"with {len(pids)} gateways (pids {', '.join(map(str, pids))}) on {where} "
-        f"(env {settings.env}, store {settings.store}, alert evaluator {settings.evaluator})"
+        f"(env {settings.env}, store {store_kind(settings)}, alert evaluator {settings.evaluator})"
     )

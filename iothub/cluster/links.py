@@ -9,10 +9,6 @@
   :class:`~iothub.core.records.Owners`). Closed sockets go in batches; a call
   waited for first sends what waits, so the supervisor hears of things in the
   order they happened.
-- :class:`Crossings`: a gateway's :class:`~iothub.core.dataplane.Relay`, one
-  batched stream per other gateway, straight to it: the supervisor is never on
-  a telemetry message's path.
-
 A call that fails because the other process is gone becomes a value: the
 supervisor drops a gateway it cannot reach, and a gateway answers its client
 that the supervisor is restarting.
@@ -20,7 +16,7 @@ that the supervisor is restarting.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -31,7 +27,6 @@ from ..core.commands import (
     Attach,
     Broadcast,
     Counts,
-    Crossing,
     Departed,
     Detach,
     GatewayReport,
@@ -49,25 +44,21 @@ from ..core.commands import (
     Unsubscribe,
 )
 from ..core.errors import ErrorCode, ProtocolError
-from ..core.metrics import Counters
 from ..core.protocol import Delivery, DeviceInfo, DeviceRegistered, Failure, LastTelemetry, UserSubscribed, UserUnsubscribed
 from ..core.records import DeviceRecord
 from .batches import Batcher
+from .relay import Crossings
 
 T = TypeVar("T")
 
-#: How far apart a gateway's calls relaying packets to another one start: a few milliseconds of
-#: latency, for batches of many packets (a call costs about as much CPU as a hundred packets).
-RELAY_INTERVAL_S = 0.004
 #: A gateway's answer when the supervisor cannot be reached (it is restarting: Ray starts it again).
 SUPERVISOR_AWAY = "the cluster's supervisor is restarting; retry in a moment"
 
 
 class Peers(msgspec.Struct, frozen=True):
-    """Every live gateway by name: its actor (where packets are relayed) and its private address
-    (``http://host:port``, where a request for one of its sessions is forwarded)."""
+    """Every live gateway's private address (``http://host:port``), by name: where packets are relayed
+    to it, and where a request for one of its sessions is forwarded."""
 
-    handles: dict[str, ActorHandle]
     addresses: dict[str, str]
 
 
@@ -78,9 +69,7 @@ Directive = SendToUser | Routes | Peers
 class GatewayMember:
     """A gateway actor, as the supervisor's :class:`~iothub.core.supervisor.GatewayLink`."""
 
-    def __init__(
-        self, name: str, handle: ActorHandle, report: GatewayReport, address: str, lost: Callable[[GatewayMember], None]
-    ) -> None:
+    def __init__(self, name: str, handle: ActorHandle, report: GatewayReport, address: str, lost: Callable[[GatewayMember], None]) -> None:
         self.name = name
         self.handle = handle
         #: Its private address, for forwarding.
@@ -239,42 +228,3 @@ class SupervisorClient:
     async def registry_committed(self) -> None:
         """Resolved once every owner change the supervisor has taken so far is committed."""
         await self._listing("registry_committed")
-
-
-class Crossings:
-    """A gateway's relay: for each other gateway, the packets of its subscribers, batched per loop turn."""
-
-    def __init__(self, counters: Counters) -> None:
-        self.counters = counters
-        #: The other gateways' actors, by name (:class:`Peers`, pushed by the supervisor).
-        self.peers: dict[str, ActorHandle] = {}
-        self._out: dict[str, Batcher[Crossing]] = {}
-
-    def relay(self, gateways: Collection[str], packet: Crossing) -> None:
-        relayed = self.counters.relayed
-        for name in gateways:
-            out = self._out.get(name)
-            if out is None:
-                out = self._out[name] = Batcher(self._sender(name), name=name, kind="relayed packets", interval=RELAY_INTERVAL_S)
-            dropped = out.dropped
-            out.push(packet)
-            if out.dropped == dropped:
-                relayed["packets_out"] += 1
-            else:
-                relayed["packets_dropped"] += 1
-
-    def _sender(self, name: str) -> Callable[[list[Crossing]], Awaitable[object]]:
-        async def send(batch: list[Crossing]) -> object:
-            peer = self.peers.get(name)
-            if peer is None:  # gone from the cluster since the routes named it: its dashboards went with it
-                self.counters.relayed["packets_dropped"] += len(batch)
-                return None
-            self.counters.relayed["calls_out"] += 1
-            return await peer.receive.remote(batch)
-
-        return send
-
-    async def delivered(self) -> None:
-        """Once everything relayed so far has been taken by the other gateways."""
-        for out in tuple(self._out.values()):
-            await out.delivered()

@@ -182,9 +182,9 @@ class AlertCount(Struct, frozen=True):
     count: int
 
 
-#: What a gateway counts of its relaying (cluster mode): packets sent to other gateways, the calls that
+#: What a gateway counts of its relaying (cluster mode): packets sent to other gateways, the batches that
 #: carried them, packets received from them, and packets dropped because a peer fell too far behind.
-RELAYED = ("packets_out", "calls_out", "packets_in", "packets_dropped")
+RELAYED = ("packets_out", "batches_out", "packets_in", "packets_dropped")
 
 
 class GatewayMetrics(Struct, frozen=True, kw_only=True):
@@ -204,7 +204,7 @@ class GatewayMetrics(Struct, frozen=True, kw_only=True):
     refusals: dict[str, int]
     alerts: list[AlertCount]
     telemetry_fanout: HistogramSnapshot
-    #: Cluster mode: packets relayed to and from other gateways, and calls that carried them (:data:`RELAYED`).
+    #: Cluster mode: packets relayed to and from other gateways, and batches that carried them (:data:`RELAYED`).
     relayed: dict[str, int]
 
 

@@ -73,7 +73,7 @@ LABELLED: tuple[tuple[Family, str, str, str, str], ...] = (
     ),
     (
         CounterMetricFamily, "iothub_cluster_relayed",
-        "Cluster mode: packets relayed to (packets_out, in calls_out) and from (packets_in) other gateways, "
+        "Cluster mode: packets relayed to (packets_out, in batches_out) and from (packets_in) other gateways, "
         "and packets dropped for a gateway too far behind", "kind", "relayed",
     ),
     (

@@ -16,10 +16,15 @@ from .store import Store
 MEMORY_HISTORY_ROWS = 100_000
 
 
+def store_kind(settings: Settings) -> str:
+    """The store a configuration asks for, ``auto`` settled."""
+    if settings.store == "auto":
+        return "mongodb" if settings.mongodb_uri else "sqlite"
+    return settings.store
+
+
 def create_store(settings: Settings) -> Store:
-    kind = settings.store
-    if kind == "auto":
-        kind = "mongodb" if settings.mongodb_uri else "sqlite"
+    kind = store_kind(settings)
     if kind == "memory":
         return MemoryStore(history_limit=MEMORY_HISTORY_ROWS)
     if kind == "mongodb":

@@ -139,7 +139,7 @@ async def test_what_crosses_is_counted_in_metrics(cluster, on, open_client, http
     relayed = "iothub_cluster_relayed_total"
     assert moved[relayed, (("kind", "packets_out"),)] >= 5
     assert moved[relayed, (("kind", "packets_in"),)] >= 5
-    assert moved[relayed, (("kind", "calls_out"),)] >= 1
+    assert moved[relayed, (("kind", "batches_out"),)] >= 1
     assert (relayed, (("kind", "packets_dropped"),)) not in moved
 
 
@@ -199,3 +199,12 @@ async def test_a_session_of_no_live_gateway_is_unknown(on, http) -> None:
     here, _ = on
     async with http.get(here + "/socket.io/?EIO=4&transport=polling&sid=7.nosuchsession") as response:
         assert response.status == 400
+
+
+@pytest.mark.parametrize("secret", [None, "guessed"])
+async def test_no_client_can_relay_into_a_gateway(cluster, on, http, secret) -> None:
+    """The gateways' relay WebSocket answers only the cluster's own secret, on the public port as on each private one."""
+    headers = {} if secret is None else {"X-IoTHub-Cluster-Secret": secret}
+    for address in (cluster.url, *on):
+        response = await rest(http, "GET", address + "/cluster/relay", headers=headers)
+        assert response.status == 404 and response.body["code"] == "NOT_FOUND", response.body

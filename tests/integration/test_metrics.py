@@ -253,7 +253,7 @@ async def test_every_family_has_its_type(in_process, http):
         "invalid", "too_large", "rate_limited", "store_unavailable", "too_slow", "unauthorized", "forbidden", "not_registered", "internal",
         "protocol_error", "connection_limit", "banned", "connect_timeout",
     }  # fmt: skip
-    assert scraped.by("iothub_cluster_relayed_total", "kind") == dict.fromkeys(("packets_out", "calls_out", "packets_in", "packets_dropped"), 0)
+    assert scraped.by("iothub_cluster_relayed_total", "kind") == dict.fromkeys(("packets_out", "batches_out", "packets_in", "packets_dropped"), 0)
     assert scraped.value("process_cpu_seconds_total") > 0
 
 
