@@ -57,10 +57,19 @@ START_DELAY_S = 0.5
 class Config(msgspec.Struct, frozen=True):
     workers: int
     crossing: str
+    #: 1: the whole load; N: 1/N of it (devices, owners and rate), what each of N gateways carries.
+    share: int = 1
 
     @property
     def label(self) -> str:
-        return "1 process" if self.workers == 1 else f"{self.workers} gateways, crossing {self.crossing}"
+        if self.workers == 1:
+            return "1 process" if self.share == 1 else f"1 process, 1/{self.share} of the load"
+        return f"{self.workers} gateways, crossing {self.crossing}"
+
+    def load_of(self, load: Load) -> Load:
+        if self.share == 1:
+            return load
+        return msgspec.structs.replace(load, devices=load.devices // self.share, owners=load.owners // self.share, rate=load.rate / self.share)
 
 
 class Load(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,7 +102,11 @@ class ClusterResult(msgspec.Struct, kw_only=True):
     gateway_mib: list[float]
     #: CPU µs per delivered message by the kind of process: gateways, supervisor, driver, Ray's.
     cpu_by_role: dict[str, float]
+    #: CPU per message of one process with the whole load ÷ this configuration's (N > 1).
     scaling_efficiency: float | None = None
+    #: CPU per message of one process with 1/N of the load — what each gateway carries — ÷ this
+    #: configuration's: the cluster's own cost, with each process as busy as the one it is compared with.
+    gateway_efficiency: float | None = None
 
 
 def process_tree(root: int) -> list[int]:
@@ -303,7 +316,7 @@ def run_one(config: Config, load: Load, load_workers: int) -> ClusterResult:
         try:
             loop = new_event_loop()
             try:
-                return loop.run_until_complete(drive(config, load, server, load_workers))
+                return loop.run_until_complete(drive(config, config.load_of(load), server, load_workers))
             finally:
                 loop.close()
         finally:
@@ -312,15 +325,16 @@ def run_one(config: Config, load: Load, load_workers: int) -> ClusterResult:
 
 def table(results: list[ClusterResult]) -> str:
     header = (
-        f"{'configuration':<30} {'acked/s':>9} {'delivered/s':>12} {'CPU µs/msg':>11} {'cores':>6} {'efficiency':>10} "
+        f"{'configuration':<30} {'acked/s':>9} {'delivered/s':>12} {'CPU µs/msg':>11} {'cores':>6} {'efficiency':>10} {'per gateway':>11} "
         f"{'crossed':>8} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'dup':>4} {'ooo':>4} {'Ray MiB':>8} {'gateway MiB':>12}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         efficiency = "" if r.scaling_efficiency is None else f"{r.scaling_efficiency:.2f}"
+        per_gateway = "" if r.gateway_efficiency is None else f"{r.gateway_efficiency:.2f}"
         lines.append(
             f"{r.config:<30} {r.acked_per_second:>9.0f} {r.delivered_per_second:>12.0f} {r.cpu_us_per_delivered:>11.1f} {r.cpu_cores:>6.2f} "
-            f"{efficiency:>10} {r.crossed_share:>8.2f} {r.latency_ms['p50']:>7.2f} {r.latency_ms['p99']:>7.2f} {r.lost:>5} "
+            f"{efficiency:>10} {per_gateway:>11} {r.crossed_share:>8.2f} {r.latency_ms['p50']:>7.2f} {r.latency_ms['p99']:>7.2f} {r.lost:>5} "
             f"{r.duplicated:>4} {r.out_of_order:>4} {r.ray_fixed_mib:>8.0f} {', '.join(f'{m:.0f}' for m in r.gateway_mib):>12}"
         )
     lines.append("")
@@ -361,11 +375,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for workers in args.workers or [1, 2]
         for crossing in ((args.crossing or list(CROSSING)) if workers > 1 else ["none"])
     ]
+    if not load.window:
+        shares = sorted({config.workers for config in configs if config.workers > 1})
+        configs[1:1] = [Config(1, "none", share) for share in shares]
     results = [run_one(config, load, args.load_workers) for config in configs]
-    single = next((r.cpu_us_per_delivered for r in results if r.workers == 1), None)
-    for result in results:
-        if single is not None and result.workers > 1:
-            result.scaling_efficiency = round(single / result.cpu_us_per_delivered, 3)
+    alone = {config.share: result.cpu_us_per_delivered for config, result in zip(configs, results) if config.workers == 1}
+    for config, result in zip(configs, results):
+        if config.workers > 1:
+            if 1 in alone:
+                result.scaling_efficiency = round(alone[1] / result.cpu_us_per_delivered, 3)
+            if config.workers in alone:
+                result.gateway_efficiency = round(alone[config.workers] / result.cpu_us_per_delivered, 3)
     print(table(results))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,10 @@ def test_the_cluster_benchmark_places_its_load_and_measures_every_process(tmp_pa
     arguments = ["--workers", "2", "--crossing", "worst", "--devices", "40", "--owners", "4", "--rate", "200", "--duration", "2"]
     assert main(["bench", "cluster", *arguments, "--load-workers", "2", "--out", str(tmp_path)]) == 0
     (written,) = tmp_path.glob("cluster-*.json")
-    (result,) = json.loads(written.read_text())
+    result, alone = json.loads(written.read_text())
+    assert (alone["workers"], alone["config"]) == (1, "1 process, 1/2 of the load"), "the process each gateway is compared with"
+    assert alone["connections_by_gateway"] == {"gateway-0": 22}
+    assert result["gateway_efficiency"] == round(alone["cpu_us_per_delivered"] / result["cpu_us_per_delivered"], 3)
     assert result["workers"] == 2 and result["load_workers"] == 2
     assert result["connections_by_gateway"] == {"gateway-0": 22, "gateway-1": 22}, "each owner's dashboard on one, its devices on both"
     assert 0.3 < result["crossed_share"] < 0.7
