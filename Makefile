@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(BIN)/iothub bench --scenario burst --server iothub --server iothub:memory --rounds 5
 	$(BIN)/iothub bench --scenario burst --server iothub --server baseline --rounds 3
 	$(BIN)/iothub bench --scenario fleet --server iothub --server iothub:memory --server baseline
-	$(BIN)/iothub bench cluster --workers 1 --workers 2 --rate 8000 --duration 15
+	$(BIN)/iothub bench cluster --workers 1 --workers 2 --rate 6000 --duration 15 --load-workers 2
 	$(BIN)/iothub bench cluster --workers 1 --workers 2 --rate 2000 --duration 15
 
 # The dashboard page's browser libraries (socket.io-client, Leaflet, uPlot) from npm, at the

@@ -9,6 +9,7 @@
   :class:`~iothub.core.records.Owners`). Closed sockets go in batches; a call
   waited for first sends what waits, so the supervisor hears of things in the
   order they happened.
+
 A call that fails because the other process is gone becomes a value: the
 supervisor drops a gateway it cannot reach, and a gateway answers its client
 that the supervisor is restarting.

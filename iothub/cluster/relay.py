@@ -2,9 +2,9 @@
 
 The data plane hands a packet for another gateway's dashboards to
 :class:`Crossings`, which keeps an outbox (:class:`~.batches.Batcher`) per
-other gateway: what a loop turn gathered goes as one binary frame (msgpack:
-a list of ``(e-mail, event, payload)``) on that gateway's relay WebSocket, at
-its private address; the receiver queues each packet to its sockets and
+other gateway: what gathered since the last batch (batches start at least
+2 ms apart) goes as one binary frame (msgpack: a list of ``(e-mail, event,
+payload)``) on that gateway's relay WebSocket, at its private address; the receiver queues each packet to its sockets and
 answers with an empty frame. One batch is in flight per peer, so packets keep
 their order and a slow peer holds its own outbox back (bounded: past its limit,
 packets are dropped and counted) and no one else's.
@@ -38,6 +38,9 @@ RELAY_PATH = "/cluster/relay"
 SECRET_HEADER = "X-IoTHub-Cluster-Secret"
 #: The answer to one batch: it has been queued to the receiving gateway's sockets.
 TAKEN = b""
+#: How far apart one gateway's batches to another start: a frame and its answer cost some tens of
+#: microseconds, so a steady stream goes in batches of many packets for at most this much latency.
+RELAY_INTERVAL_S = 0.002
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[tuple[str, str, bytes]]).decode
@@ -92,7 +95,7 @@ class Crossings:
         for name in gateways:
             out = self._out.get(name)
             if out is None:
-                out = self._out[name] = Batcher(self._sender(name), name=name, kind="relayed packets")
+                out = self._out[name] = Batcher(self._sender(name), name=name, kind="relayed packets", interval=RELAY_INTERVAL_S)
             dropped = out.dropped
             out.push(packet)
             relayed["packets_out" if out.dropped == dropped else "packets_dropped"] += 1
