@@ -85,7 +85,6 @@ class GatewayActor:
     async def __init__(self, index: int, settings: Settings, secret: str) -> None:  # type: ignore[misc]  # Ray awaits it in the actor's loop
         logs.configure(settings.log_format, debug=bool(settings.debug))
         self.name = gateway_name(index)
-        self.settings = settings
         self.supervisor = ray.get_actor(SUPERVISOR, namespace=NAMESPACE)
         self.client = SupervisorClient(self.supervisor)
         self.secret = secret
