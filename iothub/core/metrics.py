@@ -119,6 +119,8 @@ class Histogram:
 FANOUT_BUCKETS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3)
 #: One write-behind batch's commit: milliseconds, seconds when the store struggles.
 COMMIT_BUCKETS = (1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0)
+#: How late the event loop ran a timer: under a millisecond when it keeps up; 20 ms is the fleet's bound for a stall.
+LOOP_LAG_BUCKETS = (1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 200e-3, 500e-3, 1.0, 2.0, 5.0)
 
 
 # --------------------------------------------------------------------------- a gateway's counters
@@ -199,6 +201,9 @@ class GatewayMetrics(Struct, frozen=True, kw_only=True):
     refusals: dict[str, int]
     alerts: list[AlertCount]
     telemetry_fanout: HistogramSnapshot
+    #: The event loop's lateness (:class:`iothub.loop.LagMonitor`), and the largest since the gateway started.
+    event_loop_lag: HistogramSnapshot
+    event_loop_lag_max: float
 
 
 class Counters:
@@ -210,7 +215,7 @@ class Counters:
 
     __slots__ = (
         "connects", "disconnects", "auth_failures", "received", "sent", "bytes_in", "bytes_out", "refusals", "alerts",
-        "fanout", "_sent_index", "_sent_names", "_other_sent", "_alert_labels",
+        "fanout", "loop_lag", "loop_lag_max_ns", "_sent_index", "_sent_names", "_other_sent", "_alert_labels",
     )  # fmt: skip
 
     def __init__(self, rules: Iterable[AlertRule]) -> None:
@@ -232,6 +237,8 @@ class Counters:
         self.alerts = [0] * len(rules)
         self._alert_labels = tuple((rule.code, rule.level) for rule in rules)
         self.fanout = Histogram(FANOUT_BUCKETS)
+        self.loop_lag = Histogram(LOOP_LAG_BUCKETS)
+        self.loop_lag_max_ns = 0
 
     def sent_to(self, event: str, recipients: int) -> None:
         """``recipients`` packets of ``event`` queued."""
@@ -260,6 +267,8 @@ class Counters:
             refusals=dict(self.refusals),
             alerts=[AlertCount(code, level, count) for (code, level), count in zip(self._alert_labels, self.alerts)],
             telemetry_fanout=self.fanout.snapshot(),
+            event_loop_lag=self.loop_lag.snapshot(),
+            event_loop_lag_max=self.loop_lag_max_ns / 1e9,
         )
 
 

@@ -97,6 +97,14 @@ def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> Hi
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot.sum)
 
 
+def _summed(snapshots: Iterable[HistogramSnapshot]) -> HistogramSnapshot:
+    """The gateways' histograms of one metric added up (there is at least one)."""
+    first, *others = snapshots
+    for other in others:
+        first += other
+    return first
+
+
 class HubCollector(Collector):
     """The server's metric families, from snapshots taken at scrape time."""
 
@@ -120,13 +128,20 @@ class HubCollector(Collector):
             alerts.add_metric([code, level], count)
         yield alerts
         if gateways:
-            fanout = gateways[0].telemetry_fanout
-            for gateway in gateways[1:]:
-                fanout += gateway.telemetry_fanout
             yield _histogram(
                 "iothub_telemetry_fanout_seconds",
                 "From the gateway taking a telemetry_data event to the last of its dashboard packets (update and alerts) queued",
-                fanout,
+                _summed(gateway.telemetry_fanout for gateway in gateways),
+            )
+            yield _histogram(
+                "iothub_event_loop_lag_seconds",
+                "How late the event loop ran the lag monitor's timer: the loop's stalls, to within the timer's period",
+                _summed(gateway.event_loop_lag for gateway in gateways),
+            )
+            yield GaugeMetricFamily(
+                "iothub_event_loop_lag_max_seconds",
+                "The largest event loop lag since the server started (of any gateway)",
+                value=max(gateway.event_loop_lag_max for gateway in gateways),
             )
         yield GaugeMetricFamily("iothub_writebehind_backlog_rows", "Rows taken by the write-behind and not yet committed", value=store.backlog)
         yield _histogram("iothub_store_commit_seconds", "Time to commit one write-behind batch to the store", store.commit)

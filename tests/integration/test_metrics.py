@@ -121,8 +121,9 @@ async def test_a_scrape_moves_by_exactly_the_traffic(server_factory, open_client
 
 def _moves_by_itself(name: str) -> bool:
     """Figures whose value the test does not set exactly: bytes (their own test), the fan-out's buckets and
-    time, and the store's, which follow the write-behind's timing."""
-    return name.startswith(("iothub_received_bytes", "iothub_sent_bytes", "iothub_store_", "iothub_writebehind_")) or name in {
+    time, the store's, which follow the write-behind's timing, and the event loop's lag (the loop's own timing)."""
+    moving = ("iothub_received_bytes", "iothub_sent_bytes", "iothub_store_", "iothub_writebehind_", "iothub_event_loop_lag")
+    return name.startswith(moving) or name in {
         "iothub_telemetry_fanout_seconds_bucket",
         "iothub_telemetry_fanout_seconds_sum",
     }
@@ -244,6 +245,8 @@ async def test_every_family_has_its_type(in_process, http):
         "iothub_refusals": "counter",
         "iothub_alerts": "counter",
         "iothub_telemetry_fanout_seconds": "histogram",
+        "iothub_event_loop_lag_seconds": "histogram",
+        "iothub_event_loop_lag_max_seconds": "gauge",
         "iothub_writebehind_backlog_rows": "gauge",
         "iothub_store_commit_seconds": "histogram",
         "iothub_store_errors": "counter",
@@ -263,3 +266,15 @@ async def test_a_metrics_token_keeps_others_out(in_process, http, authorization)
     assert response.status == 401 and response.body["code"] == "UNAUTHORIZED"
     scraped = await scrape(http, served.url, Authorization="Bearer metrics-secret")
     assert scraped.value("iothub_auth_failures_total", interface="rest") == 1
+
+
+async def test_the_event_loop_lag_is_sampled_while_the_server_runs(in_process, http):
+    served = await in_process()
+
+    async def sampled() -> Scrape | None:
+        now = await scrape(http, served.url)
+        return now if now.value("iothub_event_loop_lag_seconds_count") >= 3 else None
+
+    after = await until(sampled)
+    assert after.value("iothub_event_loop_lag_seconds_bucket", le="+Inf") == after.value("iothub_event_loop_lag_seconds_count")
+    assert after.value("iothub_event_loop_lag_max_seconds") >= 0
