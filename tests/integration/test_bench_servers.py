@@ -13,8 +13,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from bench.addresses import source_addresses
 from bench.fleet import BenchServer, pin_threads
 from iothub.cli import main
 
@@ -97,3 +99,16 @@ def test_pinning_a_server_pins_every_thread_it_has(started, tmp_path, monkeypatc
 def test_bad_bench_arguments_are_refused_before_anything_starts(arguments: list[str], message: str, capsys) -> None:
     assert main(["bench", "--out", "/nonexistent/never-written", *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+async def test_a_spread_source_address_reaches_a_server_on_loopback(in_process) -> None:
+    served = await in_process()
+    address = source_addresses("127.0.0.1", 2, 1)[1]
+    assert address is not None
+    endpoint = served.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0))) as session,
+        session.ws_connect(endpoint) as ws,
+    ):
+        assert ws.get_extra_info("sockname")[0] == address
+        assert (await ws.receive_str(timeout=5)).startswith("0{")  # Engine.IO's open packet
