@@ -1,6 +1,6 @@
 """``iothub bench``: the fleet benchmark.
 
-Starts the server under test (this project, the plain baseline in ``bench/``,
+Starts the server under test (this project, the plain baseline or the Node.js peer in ``bench/``,
 or a URL), pins it to one core and the load to the other, connects dashboards
 and devices with the lean Socket.IO client, drives them for a bounded time and
 reports what a fleet operator cares about: acknowledged and delivered messages
@@ -47,6 +47,7 @@ from iothub.config import StoreKind
 from iothub.loadgen.fleet import Dashboard, Device, Tally, owner_of, start_all
 from iothub.loadgen.servers import IOTHUB_SERVE, ServerFailed, ServerProcess, free_port
 
+from . import nodepeer
 from .addresses import SPARE_PORTS, ephemeral_ports, raise_open_files, source_addresses
 from .phases import Phase, Reading, parse_lag, phase, reading
 
@@ -54,6 +55,8 @@ BASELINE = Path(__file__).resolve().parent / "baseline_server.py"
 #: The load comes from one address, thousands of sockets at once: a started iothub has no per-address limits.
 UNLIMITED_LOAD = {"IOTHUB_MAX_CONNECTIONS_PER_ADDRESS": "0", "IOTHUB_CONNECT_RATE_PER_ADDRESS": "0"}
 STORES = tuple(kind for kind in get_args(StoreKind) if kind != "auto")
+#: The other servers this benchmark can start: the plain Python one and the Node.js one, both in bench/.
+PEERS = ("baseline", "node")
 
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,31 +118,32 @@ class Result(msgspec.Struct, kw_only=True):
 def check_server(spec: str) -> None:
     """Refuse a ``--server`` that names nothing this benchmark can run or reach."""
     kind, colon, store = spec.partition(":")
-    if spec.startswith(("http://", "https://")) or spec == "baseline" or (kind == "iothub" and (not colon or store in STORES)):
+    if spec.startswith(("http://", "https://")) or spec in PEERS or (kind == "iothub" and (not colon or store in STORES)):
         return
-    raise ValueError(f"--server {spec}: give iothub, iothub:<store> ({', '.join(STORES)}), baseline or a URL")
+    raise ValueError(f"--server {spec}: give iothub, iothub:<store> ({', '.join(STORES)}), baseline, node or a URL")
 
 
 class BenchServer:
-    """A server this benchmark started (``iothub``, ``iothub:<store>`` or ``baseline``), stopped by its pid."""
+    """A server this benchmark started (``iothub``, ``iothub:<store>``, ``baseline`` or ``node``), stopped by its pid."""
 
     def __init__(self, spec: str, env: dict[str, str]) -> None:
         kind, _, store = spec.partition(":")
         #: The started iothub's SQLite folder, unless ``env`` names a file: the benchmark's rows stay out of data/.
         self.data: tempfile.TemporaryDirectory[str] | None = None
-        command: tuple[str, ...] = IOTHUB_SERVE
+        port = free_port()
         if kind == "baseline":
-            command = (sys.executable, str(BASELINE))
+            command: tuple[str, ...] = (sys.executable, str(BASELINE), "--port", str(port))
+        elif kind == "node":
+            command = nodepeer.command(port)
+            env = {**env, **nodepeer.environment()}
         else:
+            command = (*IOTHUB_SERVE, "--port", str(port))
             env = {**env, "IOTHUB_STORE": store} if store else dict(env)
             if "IOTHUB_DB_PATH" not in env:
                 self.data = tempfile.TemporaryDirectory(prefix="iothub-bench-")
                 env["IOTHUB_DB_PATH"] = str(Path(self.data.name) / "iothub.db")
-        port = free_port()
         try:
-            self.process = ServerProcess(
-                (*command, "--port", str(port)), port=port, env={"HOST": "127.0.0.1", **UNLIMITED_LOAD, **env}
-            )
+            self.process = ServerProcess(command, port=port, env={"HOST": "127.0.0.1", **UNLIMITED_LOAD, **env})
         except ServerFailed as failed:
             self._remove_data()
             raise SystemExit(f"{spec} server did not start: {failed}") from None
@@ -465,8 +469,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--server",
         action="append",
-        help="iothub (default), iothub:<store> (that store: sqlite, mongodb or memory), baseline, "
-        "or the URL of a running server; repeat to compare",
+        help="iothub (default), iothub:<store> (that store: sqlite, mongodb or memory), baseline (plain python-socketio), "
+        "node (the Node.js Socket.IO server in bench/node), or the URL of a running server; repeat to compare",
     )
     bench.add_argument("--rounds", type=int, default=1, help="run the servers in turn this many times; report the medians")
     bench.add_argument("--pid", type=int, help="pid of the server at --server URL, for its CPU and memory")
