@@ -90,13 +90,16 @@ def token(args: argparse.Namespace) -> int:
 
 def serve(overrides: dict[str, str | None]) -> int:
     from .app import LINGER_S, MAX_HEADER_BYTES, REQUEST_GRACE_S, Hub
+    from .heap import pace_collector
 
     settings = Settings.load(None, **overrides)
     ssl_context = server_context(settings)  # before anything else: a TLS file it cannot use is a ConfigError
     logs.configure(settings.log_format, debug=bool(settings.debug))
     hub = Hub(settings)
+    app = hub.application()
+    pace_collector(app)
     web.run_app(
-        hub.application(),
+        app,
         host=settings.bind_host,
         port=settings.port,
         ssl_context=ssl_context,
