@@ -44,7 +44,8 @@ import aiohttp
 import msgspec
 
 from iothub.config import StoreKind
-from iothub.loadgen.fleet import Dashboard, Device, Tally, owner_of, start_all
+from iothub.heap import GcPacer
+from iothub.loadgen.fleet import Dashboard, Device, Tally, close_all, owner_of, start_all
 from iothub.loadgen.servers import IOTHUB_SERVE, ServerFailed, ServerProcess, free_port
 
 from . import nodepeer
@@ -78,6 +79,8 @@ SCENARIOS: dict[str, Scenario] = {
     "burst": Scenario(name="burst", devices=100, dashboards=10, window=4, duration=10),
     "fleet": Scenario(name="fleet", devices=5000, dashboards=500, rate=2500, duration=30, warmup=5, idle=25),
 }
+#: Connections opened, and closed, at once: a fleet that comes and goes steadily, not in one stampede.
+CONCURRENCY = 100
 #: How long the benchmark waits for the server to let go of the sockets the fleet closed.
 CLOSE_TIMEOUT_S = 60
 
@@ -89,6 +92,8 @@ class Result(msgspec.Struct, kw_only=True):
     delivered_per_second: float
     server_cpu_us_per_message: float | None
     server_cpu_share: float | None
+    #: The load generator's own CPU over the measured window: near 1.0 it, not the server, sets the pace and the latency.
+    load_cpu_share: float
     latency_ms: dict[str, float]
     ack_latency_ms: dict[str, float]
     sent: int
@@ -226,7 +231,10 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
     connections = scenario.devices + scenario.dashboards
     addresses = source_addresses(urlsplit(url).hostname or "", connections, ephemeral_ports() - SPARE_PORTS)
     per_address = -(-connections // len(addresses))
+    pacer = GcPacer()  # the load's own collector, paced as the server's: its stalls would count as latency
+    pacer.start()
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(pacer.stop)
         sessions = [
             await stack.enter_async_context(
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, local_addr=(address, 0) if address else None))
@@ -241,8 +249,8 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
         ]
         rss_before = probe.rss()
         marks = [await probe.read()]
-        await start_all(dashboards, 100, auth)
-        await start_all(devices, 100, auth)
+        await start_all(dashboards, CONCURRENCY, auth)
+        await start_all(devices, CONCURRENCY, auth)
         marks.append(await probe.read())
         rss_connected = probe.rss()
         print(f"[{label}] {len(devices)} devices and {len(dashboards)} dashboards connected", flush=True)
@@ -260,6 +268,7 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
         tally.ack_latency_ns.clear()
         marks.append(await probe.read())
         acked_start, delivered_start, started = tally.acked, _delivered(dashboards), time.monotonic()
+        load_cpu_start = time.process_time()
         while time.monotonic() < stop_at:
             await asyncio.sleep(1)
             elapsed = time.monotonic() - started
@@ -269,6 +278,7 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
                 flush=True,
             )
         elapsed = time.monotonic() - started
+        load_cpu_share = (time.process_time() - load_cpu_start) / elapsed
         marks.append(await probe.read())
         acked_window = tally.acked - acked_start
         delivered_window = _delivered(dashboards) - delivered_start
@@ -289,7 +299,7 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
         ]
         members: tuple[Device | Dashboard, ...] = (*devices, *dashboards)
         files_open = probe.open_files()
-        await asyncio.gather(*(member.client.close() for member in members))
+        await close_all(members, CONCURRENCY)
         await probe.let_go(files_open - connections if files_open is not None else None)
         marks.append(await probe.read())
     costs = Costs(marks, connections)
@@ -301,6 +311,7 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
         delivered_per_second=round(delivered_window / elapsed, 1),
         server_cpu_us_per_message=_per(costs.cpu_s("steady"), acked_window),
         server_cpu_share=round(steady.cpu_s / elapsed, 3) if steady else None,
+        load_cpu_share=round(load_cpu_share, 3),
         latency_ms=percentiles(latencies),
         ack_latency_ms=percentiles(tally.ack_latency_ns),
         sent=tally.sent,

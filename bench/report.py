@@ -30,6 +30,7 @@ def table(results: list[Result]) -> str:
         ),
         ("CPU µs per connection closed", lambda r: _maybe(r.close_cpu_us_per_connection, "{:.0f}"), lambda r: r.close_cpu_us_per_connection),
         ("server CPU share, steady", lambda r: _maybe(r.server_cpu_share, "{:.0%}"), None),
+        ("load generator CPU share, steady", lambda r: f"{r.load_cpu_share:.0%}", None),
         ("latency p50 / p99 / max ms", lambda r: "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**r.latency_ms), None),
         ("ack latency p50 / p99 ms", lambda r: "{p50:.1f} / {p99:.1f}".format(**r.ack_latency_ms), None),
         ("largest event-loop stall ms", lambda r: _maybe(r.loop_lag_max_ms, "{:.1f}"), None),
