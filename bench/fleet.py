@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
@@ -50,7 +50,7 @@ from iothub.loadgen.servers import IOTHUB_SERVE, ServerFailed, ServerProcess, fr
 
 from . import nodepeer
 from .addresses import SPARE_PORTS, ephemeral_ports, raise_open_files, source_addresses
-from .phases import Phase, Reading, parse_lag, phase, reading
+from .phases import Lag, Phase, Reading, phase, reading
 
 BASELINE = Path(__file__).resolve().parent / "baseline_server.py"
 #: The load comes from one address, thousands of sockets at once: a started iothub has no per-address limits.
@@ -116,8 +116,10 @@ class Result(msgspec.Struct, kw_only=True):
     close_cpu_us_per_connection: float | None
     #: Everything but the idle window and the closing, over every acknowledged message.
     total_cpu_us_per_message: float | None
-    #: The largest event-loop lag the server measured over the whole run (None: it exposes none).
+    #: The largest event-loop lag the server measured over the whole run (None: it exposes none), and the largest part
+    #: of one its thread was running through: its own stall, not another process's turn on the CPU.
     loop_lag_max_ms: float | None
+    loop_busy_lag_max_ms: float | None
 
 
 def check_server(spec: str) -> None:
@@ -205,10 +207,10 @@ class Probe:
             return None
         try:
             async with self.session.get(self.url + "/metrics") as response:
-                lag = parse_lag(await response.text()) if response.status == 200 else None
+                text = await response.text() if response.status == 200 else None
         except aiohttp.ClientError:
-            lag = None
-        return reading(self.pid, lag)
+            text = None
+        return reading(self.pid, text)
 
     def rss(self) -> int | None:
         return rss_bytes(self.pid) if self.pid else None
@@ -334,7 +336,8 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
         idle_cpu_us_per_socket_second=costs.idle_per_socket_second() if scenario.idle else None,
         close_cpu_us_per_connection=costs.per_connection("close"),
         total_cpu_us_per_message=_per(costs.cpu_s("connect", "warm-up", "steady", "drain"), tally.acked),
-        loop_lag_max_ms=costs.loop_lag_max_ms(),
+        loop_lag_max_ms=costs.largest_ms(lambda last: last.lag),
+        loop_busy_lag_max_ms=costs.largest_ms(lambda last: last.busy_lag),
     )
 
 
@@ -366,8 +369,9 @@ class Costs:
         idle = self._by_name.get("idle")
         return _per(idle.cpu_s / idle.seconds, self.connections) if idle and idle.seconds else None
 
-    def loop_lag_max_ms(self) -> float | None:
-        lag = self._last.lag if self._last else None
+    def largest_ms(self, which: Callable[[Reading], Lag | None]) -> float | None:
+        """The largest of ``which`` lag over the whole run, from the last reading."""
+        lag = which(self._last) if self._last else None
         return round(lag.max_s * 1000, 3) if lag else None
 
 

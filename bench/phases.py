@@ -17,9 +17,10 @@ from pathlib import Path
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
-#: The lag histogram and gauge, as iothub names them in ``/metrics`` (the Node peer uses the same names).
-LAG_HISTOGRAM = "iothub_event_loop_lag_seconds"
-LAG_MAX = "iothub_event_loop_lag_max_seconds"
+#: The lag metrics as iothub names them in ``/metrics`` (the Node peer uses the same names): the lateness every socket
+#: waited, and the part of it the server's thread was running (its own stalls, not another process's turn on the CPU).
+LAG = "iothub_event_loop_lag"
+BUSY_LAG = "iothub_event_loop_busy_lag"
 
 
 class Lag(msgspec.Struct, frozen=True):
@@ -35,6 +36,7 @@ class Reading(msgspec.Struct, frozen=True):
     cpu_s: float
     at_s: float
     lag: Lag | None
+    busy_lag: Lag | None
 
 
 class Phase(msgspec.Struct, frozen=True):
@@ -46,6 +48,8 @@ class Phase(msgspec.Struct, frozen=True):
     #: The upper bound of the largest lag bucket that grew in this phase (ms): the phase's longest stall was at most this.
     #: ``inf`` past the last bound; None when the server exposes no lag.
     largest_stall_ms: float | None
+    #: The same of the busy lag: the longest stall the server's own work caused.
+    largest_busy_stall_ms: float | None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -54,22 +58,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def parse_lag(metrics_text: str) -> Lag | None:
-    """The lag families of a ``/metrics`` text, or None when it has none."""
+def parse_lag(metrics_text: str, name: str = LAG) -> Lag | None:
+    """The histogram ``<name>_seconds`` and gauge ``<name>_max_seconds`` of a ``/metrics`` text, or None when it has none."""
     buckets: list[tuple[float, float]] = []
     largest = None
     for family in text_string_to_metric_families(metrics_text):
-        if family.name == LAG_HISTOGRAM:
+        if family.name == f"{name}_seconds":
             buckets = [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
-        elif family.name == LAG_MAX:
+        elif family.name == f"{name}_max_seconds":
             largest = family.samples[0].value
     if not buckets or largest is None:
         return None
     return Lag(tuple(sorted(buckets)), largest)
 
 
-def reading(pid: int, lag: Lag | None) -> Reading:
-    return Reading(cpu_seconds(pid), time.monotonic(), lag)
+def reading(pid: int, metrics_text: str | None) -> Reading:
+    """The server ``pid`` now, with the lag of its ``/metrics`` (None: it has no such page)."""
+    if metrics_text is None:
+        return Reading(cpu_seconds(pid), time.monotonic(), None, None)
+    return Reading(cpu_seconds(pid), time.monotonic(), parse_lag(metrics_text), parse_lag(metrics_text, BUSY_LAG))
 
 
 def largest_stall_ms(before: Lag | None, after: Lag | None) -> float | None:
@@ -93,4 +100,10 @@ def _per_bucket(lag: Lag) -> list[float]:
 
 
 def phase(name: str, start: Reading, end: Reading) -> Phase:
-    return Phase(name, end.cpu_s - start.cpu_s, end.at_s - start.at_s, largest_stall_ms(start.lag, end.lag))
+    return Phase(
+        name,
+        end.cpu_s - start.cpu_s,
+        end.at_s - start.at_s,
+        largest_stall_ms(start.lag, end.lag),
+        largest_stall_ms(start.busy_lag, end.busy_lag),
+    )

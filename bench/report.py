@@ -33,8 +33,9 @@ def table(results: list[Result]) -> str:
         ("load generator CPU share, steady", lambda r: f"{r.load_cpu_share:.0%}", None),
         ("latency p50 / p99 / max ms", lambda r: "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**r.latency_ms), None),
         ("ack latency p50 / p99 ms", lambda r: "{p50:.1f} / {p99:.1f}".format(**r.ack_latency_ms), None),
-        ("largest event-loop stall ms", lambda r: _maybe(r.loop_lag_max_ms, "{:.1f}"), None),
-        ("stall by phase, at most ms: " + " / ".join(STALL_PHASES), _stalls, None),
+        ("largest event-loop lag ms, all / busy", _largest_lag, None),
+        ("lag by phase, at most ms: " + " / ".join(STALL_PHASES), lambda r: _stalls(r, busy=False), None),
+        ("busy lag by phase, at most ms", lambda r: _stalls(r, busy=True), None),
         ("sent / acknowledged / refused", lambda r: f"{r.sent} / {r.acknowledged} / {r.refused}", None),
         ("unacknowledged at end", lambda r: str(r.unacknowledged), None),
         ("lost / duplicated / out of order", lambda r: f"{r.lost} / {r.duplicated} / {r.out_of_order}", None),
@@ -57,8 +58,12 @@ def table(results: list[Result]) -> str:
 STALL_PHASES = ("connect", "idle", "steady", "close")
 
 
-def _stalls(result: Result) -> str:
-    stalls = {phase.name: phase.largest_stall_ms for phase in result.phases}
+def _largest_lag(result: Result) -> str:
+    return f"{_maybe(result.loop_lag_max_ms, '{:.1f}')} / {_maybe(result.loop_busy_lag_max_ms, '{:.1f}')}"
+
+
+def _stalls(result: Result, *, busy: bool) -> str:
+    stalls = {phase.name: phase.largest_busy_stall_ms if busy else phase.largest_stall_ms for phase in result.phases}
     return " / ".join(_maybe(stalls.get(name), "{:g}") for name in STALL_PHASES)
 
 

@@ -141,41 +141,53 @@ io.on("connection", (socket) => {
   });
 });
 
-/** How late a timer due every period runs, counted into iothub's buckets: the event loop's stalls. */
-const lag = (() => {
-  const periodNs = BigInt(Math.round(peer.lagPeriodS * 1e9));
-  const bounds = peer.lagBucketsS;
+/** A histogram in iothub's buckets that keeps its largest observation, as Prometheus text. */
+function peakHistogram(name, bounds) {
   const counts = new Array(bounds.length + 1).fill(0);
-  let sumS = 0;
-  let maxS = 0;
-  let due = process.hrtime.bigint() + periodNs;
-  const tick = () => {
-    const now = process.hrtime.bigint();
-    const lagS = Math.max(0, Number(now - due) / 1e9);
-    let index = bounds.findIndex((bound) => lagS <= bound);
-    if (index < 0) index = bounds.length;
-    counts[index] += 1;
-    sumS += lagS;
-    maxS = Math.max(maxS, lagS);
-    due = now + periodNs;
-    setTimeout(tick, peer.lagPeriodS * 1000);
-  };
-  setTimeout(tick, peer.lagPeriodS * 1000);
+  let sum = 0;
+  let max = 0;
   return {
+    observe(seconds) {
+      const index = bounds.findIndex((bound) => seconds <= bound);
+      counts[index < 0 ? bounds.length : index] += 1;
+      sum += seconds;
+      max = Math.max(max, seconds);
+    },
     text() {
-      const name = "iothub_event_loop_lag_seconds";
-      const lines = [`# TYPE ${name} histogram`];
+      const lines = [`# TYPE ${name}_seconds histogram`];
       let cumulative = 0;
       bounds.forEach((bound, index) => {
         cumulative += counts[index];
-        lines.push(`${name}_bucket{le="${bound}"} ${cumulative}`);
+        lines.push(`${name}_seconds_bucket{le="${bound}"} ${cumulative}`);
       });
       cumulative += counts[bounds.length];
-      lines.push(`${name}_bucket{le="+Inf"} ${cumulative}`, `${name}_count ${cumulative}`, `${name}_sum ${sumS}`);
-      lines.push("# TYPE iothub_event_loop_lag_max_seconds gauge", `iothub_event_loop_lag_max_seconds ${maxS}`, "");
+      lines.push(`${name}_seconds_bucket{le="+Inf"} ${cumulative}`, `${name}_seconds_count ${cumulative}`, `${name}_seconds_sum ${sum}`);
+      lines.push(`# TYPE ${name}_max_seconds gauge`, `${name}_max_seconds ${max}`);
       return lines.join("\n");
     },
   };
+}
+
+/** How late a timer due every period runs (what every socket waits), and the part of it the process was running
+ *  (its own stalls: a collection, a long callback), as iothub's LagMonitor measures them. */
+const lag = (() => {
+  const periodNs = BigInt(Math.round(peer.lagPeriodS * 1e9));
+  const late = peakHistogram("iothub_event_loop_lag", peer.lagBucketsS);
+  const busy = peakHistogram("iothub_event_loop_busy_lag", peer.lagBucketsS);
+  let due = process.hrtime.bigint() + periodNs;
+  let cpu = process.cpuUsage();
+  const tick = () => {
+    const now = process.hrtime.bigint();
+    const used = process.cpuUsage(cpu);
+    const lateS = Math.max(0, Number(now - due) / 1e9);
+    late.observe(lateS);
+    busy.observe(Math.min(lateS, (used.user + used.system) / 1e6));
+    due = now + periodNs;
+    cpu = process.cpuUsage();
+    setTimeout(tick, peer.lagPeriodS * 1000);
+  };
+  setTimeout(tick, peer.lagPeriodS * 1000);
+  return { text: () => `${late.text()}\n${busy.text()}\n` };
 })();
 
 server.listen(Number(options.port), options.host, () => console.log(`node peer listening on ${options.host}:${options.port}`));

@@ -30,6 +30,7 @@ def lag(*cumulative: float, max_s: float = 0.0) -> Lag:
 
 def test_the_lag_is_read_from_the_metrics_text() -> None:
     assert parse_lag(METRICS) == lag(5, 6, 6, max_s=0.015)
+    assert parse_lag(METRICS, "iothub_event_loop_busy_lag") is None
     assert parse_lag("# TYPE other gauge\nother 1\n") is None
 
 
@@ -45,18 +46,18 @@ def test_a_phases_largest_stall_is_the_highest_bucket_that_gained_samples() -> N
 def test_costs_divide_each_phase_by_what_it_did() -> None:
     cpu = (1.0, 3.0, 3.5, 4.0, 6.0, 6.5, 7.0)  # before connecting, then at the end of each phase
     at = (0.0, 10.0, 20.0, 25.0, 35.0, 36.0, 37.0)
-    costs = Costs([Reading(c, t, lag(0, 0, 0)) for c, t in zip(cpu, at)], connections=1000)
+    costs = Costs([Reading(c, t, lag(0, 0, 0, max_s=0.5), lag(0, 0, 0, max_s=0.02)) for c, t in zip(cpu, at)], connections=1000)
     assert [phase.name for phase in costs.phases] == ["connect", "idle", "warm-up", "steady", "drain", "close"]
     assert costs.per_connection("connect") == 2000.0  # 2 s over 1000 connections
     assert costs.idle_per_socket_second() == 50.0  # 0.5 s over 1000 sockets and 10 s
     assert costs.per_connection("close") == 500.0
     assert costs.cpu_s("connect", "warm-up", "steady", "drain") == pytest.approx(5.0)
-    assert costs.loop_lag_max_ms() == 0.0
+    assert (costs.largest_ms(lambda last: last.lag), costs.largest_ms(lambda last: last.busy_lag)) == (500.0, 20.0)
 
 
 def test_a_server_not_read_has_no_costs() -> None:
     costs = Costs([None] * 7, connections=10)
-    assert costs.phases == [] and costs.per_connection("connect") is None and costs.loop_lag_max_ms() is None
+    assert costs.phases == [] and costs.per_connection("connect") is None and costs.largest_ms(lambda last: last.lag) is None
 
 
 def test_sources_spread_over_loopback_addresses_only_when_one_is_not_enough() -> None:
