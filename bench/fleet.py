@@ -403,12 +403,10 @@ async def _send_window(device: Device, window: int, stop_at: float) -> None:
 
 
 async def _send_rate(device: Device, period: float, stop_at: float, rng: random.Random) -> None:
-    """One message every ``period`` seconds, on a random phase, until ``stop_at``."""
+    """One message every ``period`` seconds, on a random phase, until ``stop_at`` (never sleeping past it)."""
     next_at = time.monotonic() + rng.uniform(0, period)
-    while True:
+    while next_at < stop_at:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        if time.monotonic() >= stop_at:
-            return
         device.send()
         next_at += period
 
