@@ -44,7 +44,7 @@ import aiohttp
 import msgspec
 
 from iothub.config import StoreKind
-from iothub.heap import GcPacer
+from iothub.heap import Pacing
 from iothub.loadgen.fleet import Dashboard, Device, Tally, close_all, owner_of, start_all
 from iothub.loadgen.servers import IOTHUB_SERVE, ServerFailed, ServerProcess, free_port
 
@@ -233,10 +233,10 @@ async def drive(scenario: Scenario, url: str, pid: int | None, label: str, auth:
     connections = scenario.devices + scenario.dashboards
     addresses = source_addresses(urlsplit(url).hostname or "", connections, ephemeral_ports() - SPARE_PORTS)
     per_address = -(-connections // len(addresses))
-    pacer = GcPacer()  # the load's own collector, paced as the server's: its stalls would count as latency
-    pacer.start()
+    pacing = Pacing()  # the load's own collector, paced as the server's: its stalls would count as latency
+    pacing.start()
     async with contextlib.AsyncExitStack() as stack:
-        stack.callback(pacer.stop)
+        stack.callback(pacing.stop)
         sessions = [
             await stack.enter_async_context(
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, local_addr=(address, 0) if address else None))

@@ -11,7 +11,8 @@ SIGTERM, and read the last line of its output::
 
     GC generation 0: 3917 runs, 1.48 s, …; generation 1: 356 runs, 2.60 s, …; generation 2: 28 runs, 14.16 s, …
 
-Each generation's figures also give its longest collection, and the
+Each generation's figures also give its longest collection (on the clock, and
+in CPU time), and the
 unreachable objects its collections found ("N collected"): cyclic garbage,
 which reference counting did not free.
 """
@@ -28,25 +29,32 @@ runs = [0, 0, 0]
 seconds = [0.0, 0.0, 0.0]
 #: Unreachable objects each generation's collections found: cyclic garbage, which reference counting cannot free.
 collected = [0, 0, 0]
-#: The longest collection of each generation: the longest stall it caused.
+#: The longest collection of each generation (the longest stall it caused), and the most CPU one took: the
+#: difference is time the collecting thread was not running (another process had the CPU).
 longest = [0.0, 0.0, 0.0]
-#: When the collection under way started.
-started = [0.0]
+longest_cpu = [0.0, 0.0, 0.0]
+#: When the collection under way started, on the clock and in its thread's CPU time.
+started = [0.0, 0.0]
 
 
 def on_gc(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
-        started[0] = time.perf_counter()
+        started[:] = time.perf_counter(), time.thread_time()
     else:
-        runs[info["generation"]] += 1
-        seconds[info["generation"]] += time.perf_counter() - started[0]
-        collected[info["generation"]] += info["collected"]
-        longest[info["generation"]] = max(longest[info["generation"]], time.perf_counter() - started[0])
+        generation = info["generation"]
+        took, cpu = time.perf_counter() - started[0], time.thread_time() - started[1]
+        runs[generation] += 1
+        seconds[generation] += took
+        collected[generation] += info["collected"]
+        longest[generation] = max(longest[generation], took)
+        longest_cpu[generation] = max(longest_cpu[generation], cpu)
 
 
 def report() -> None:
     generations = "; ".join(
-        f"generation {g}: {runs[g]} runs, {seconds[g]:.2f} s (longest {longest[g] * 1000:.1f} ms), {collected[g]} collected" for g in range(3)
+        f"generation {g}: {runs[g]} runs, {seconds[g]:.2f} s (longest {longest[g] * 1000:.1f} ms, {longest_cpu[g] * 1000:.1f} ms of CPU), "
+        f"{collected[g]} collected"
+        for g in range(3)
     )
     print(f"GC {generations}", file=sys.stderr, flush=True)
 

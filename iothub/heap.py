@@ -4,76 +4,75 @@ A full collection walks every object the collector tracks, and each
 connection keeps dozens alive for its whole life (aiohttp's request and
 protocol, the WebSocket's reader and writer, Engine.IO's socket, the pump):
 over a million at 15,000 connections, a stall of half a second or more each
-time Python decides to walk them, while almost none of them is ever cyclic
-garbage (reference counting frees them when the connection closes).
+time Python decides to walk them all, while almost none of them ever becomes
+cyclic garbage (reference counting frees them when the connection closes).
 
-So :class:`GcPacer` keeps the collector's work proportional to what changed,
-not to what is alive. Before serving, everything the server built moves into
-the permanent generation (``gc.freeze``); then every :data:`PACE_S` it
-collects what is not frozen (objects that outlived the last pass: a quarter
-of a second's worth) and freezes what survived. Automatic collections still
-run, over the same small set.
+So :class:`Pacing` makes a full collection walk only what is new. Before
+serving, everything the server built is frozen (``gc.freeze``: moved to the
+permanent generation, which no collection walks). Full collections then come
+every :data:`FULL_EVERY` collections of the middle generation instead of
+Python's ten, and right after each one what survived it is frozen too. A
+full collection is then as long as what survived since the last one: no
+timer, no wake-up, and no more work while nothing is allocated.
 
-The price: a cycle that becomes garbage after its objects were frozen is
-never collected. Measured over a fleet that connected, sent and closed, the
-full collections found a few dozen such objects in all (README, Performance);
-``gc.get_freeze_count()`` shows what the permanent generation holds.
+The price: a cycle whose objects were frozen, and that becomes garbage
+afterwards, is never collected. Measured over a fleet that connected, sent
+and closed, Python's own full collections found a few dozen such objects in
+all (README, Performance). ``gc.get_freeze_count()`` tells what is frozen.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
-#: How often what outlived the last pass is collected and frozen. The pass walks what was allocated since and is
-#: still alive: a quarter of a second of connecting is a few tens of thousands of objects, about 15 ms.
-PACE_S = 0.25
+#: Collections of the middle generation between two full ones (Python's default is 10): each full collection then
+#: walks what survived about two thousand allocations' worth of young collections.
+FULL_EVERY = 2
 
 
-class GcPacer:
-    """Collects and freezes on a timer of the running loop (a handle, not a task)."""
+class Pacing:
+    """The collector paced as the module says, from :meth:`start` to :meth:`stop`."""
 
-    __slots__ = ("_period", "_handle")
-
-    def __init__(self, period_s: float = PACE_S) -> None:
-        self._period = period_s
-        self._handle: asyncio.TimerHandle | None = None
+    def __init__(self) -> None:
+        self._thresholds: tuple[int, int, int] | None = None
 
     def start(self) -> None:
-        self._handle = asyncio.get_running_loop().call_later(self._period, self._tick)
-
-    def stop(self) -> None:
-        """Stop pacing; what is frozen stays frozen (``gc.unfreeze`` would make the next collection walk it all)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    @staticmethod
-    def step() -> None:
-        """One pass: collect what is not frozen, freeze what survived."""
         gc.collect()
         gc.freeze()
+        self._thresholds = gc.get_threshold()
+        young, middle, _ = self._thresholds
+        gc.set_threshold(young, middle, FULL_EVERY)
+        gc.callbacks.append(_freeze_after_full)
 
-    def _tick(self) -> None:
-        self.step()
-        self._handle = asyncio.get_running_loop().call_later(self._period, self._tick)
+    def stop(self) -> None:
+        """Python's own pacing again; what is frozen stays frozen (``gc.unfreeze`` would make the next collection walk it all)."""
+        if self._thresholds is not None:
+            gc.callbacks.remove(_freeze_after_full)
+            gc.set_threshold(*self._thresholds)
+            self._thresholds = None
+
+
+def _freeze_after_full(phase: str, info: dict[str, Any]) -> None:
+    """A collector callback: what survived a full collection is frozen (lists merged: no walk)."""
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
 
 
 def pace_collector(app: web.Application) -> None:
-    """This process serves ``app`` and nothing else: freeze what it built now, and pace the collector while it serves.
+    """This process serves ``app`` and nothing else: pace the collector from its startup to its cleanup.
 
     A process-wide policy, so the entry point sets it (``iothub serve``), never the application itself: a process
     that embeds the application (the tests) keeps Python's own collector.
     """
-    GcPacer.step()
-    pacer = GcPacer()
+    pacing = Pacing()
 
-    async def pacing(_app: web.Application) -> AsyncIterator[None]:
-        pacer.start()
+    async def paced(_app: web.Application) -> AsyncIterator[None]:
+        pacing.start()
         yield
-        pacer.stop()
+        pacing.stop()
 
-    app.cleanup_ctx.append(pacing)
+    app.cleanup_ctx.insert(0, paced)

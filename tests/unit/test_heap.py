@@ -1,8 +1,7 @@
-"""The paced collector: cyclic garbage is collected before a pass freezes what survived, and only then."""
+"""The paced collector: a full collection frees cyclic garbage and freezes what survived it; Python's pacing comes back at stop."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
@@ -10,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from iothub.heap import PACE_S, GcPacer, pace_collector
+from iothub.heap import FULL_EVERY, Pacing, pace_collector
 
 
 class Node:
@@ -21,48 +20,70 @@ class Node:
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
-    """Each test starts and ends with nothing frozen, as a process does."""
+    """Each test starts and ends with nothing frozen and Python's thresholds, as a process does."""
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def frozen(item: object) -> bool:
     return not any(each is item for each in gc.get_objects())  # the permanent generation is not listed
 
 
-def test_a_pass_collects_cycles_then_freezes_what_survived() -> None:
-    garbage = Node()
-    garbage.other = garbage
-    gone = weakref.ref(garbage)
-    del garbage
-    survivor = Node()
-    GcPacer.step()
-    assert gone() is None
-    assert frozen(survivor) and gc.get_freeze_count() > 0
+def cycle() -> weakref.ref[Node]:
+    """A cycle nothing else refers to: garbage only the collector can free."""
+    node = Node()
+    node.other = node
+    return weakref.ref(node)
 
 
-async def test_passes_run_on_the_loop_until_stopped() -> None:
-    pacer = GcPacer(period_s=0.01)
-    pacer.start()
-    later = Node()
-    assert not frozen(later)
-    await asyncio.sleep(0.05)
-    assert frozen(later)
-    pacer.stop()
+def test_what_exists_at_start_is_frozen_and_garbage_is_not() -> None:
+    built = Node()
+    gone = cycle()
+    pacing = Pacing()
+    pacing.start()
+    try:
+        assert frozen(built) and gone() is None
+        assert gc.get_threshold()[2] == FULL_EVERY
+    finally:
+        pacing.stop()
+
+
+def test_a_full_collection_frees_cycles_then_freezes_the_survivors() -> None:
+    pacing = Pacing()
+    pacing.start()
+    try:
+        later, gone = Node(), cycle()
+        assert not frozen(later)
+        gc.collect()
+        assert frozen(later) and gone() is None
+        young = Node()
+        gc.collect(1)  # a young collection freezes nothing
+        assert not frozen(young)
+    finally:
+        pacing.stop()
+
+
+def test_stopping_gives_back_pythons_own_pacing() -> None:
+    thresholds = gc.get_threshold()
+    pacing = Pacing()
+    pacing.start()
+    pacing.stop()
+    assert gc.get_threshold() == thresholds
     after = Node()
-    await asyncio.sleep(0.05)
+    gc.collect()
     assert not frozen(after)
 
 
-async def test_a_served_application_freezes_what_was_built_and_paces_while_it_runs() -> None:
+async def test_a_served_application_is_paced_from_startup_to_cleanup() -> None:
+    thresholds = gc.get_threshold()
     app = web.Application()
-    built = Node()
     pace_collector(app)
-    assert frozen(built)
+    built = Node()
     runner = web.AppRunner(app)
     await runner.setup()
-    later = Node()
-    await asyncio.sleep(PACE_S * 2)
-    assert frozen(later)
+    assert frozen(built) and gc.get_threshold()[2] == FULL_EVERY
     await runner.cleanup()
+    assert gc.get_threshold() == thresholds
