@@ -1,7 +1,8 @@
-"""The paced collector: a full collection frees cyclic garbage and freezes what survived it; Python's pacing comes back at stop."""
+"""The paced collector: Python's trigger off, collections on the loop's clock, what survives a full one frozen."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from iothub.heap import FULL_EVERY, Pacing, pace_collector
+from iothub.heap import PACE_S, Pacing, pace_collector
 
 
 class Node:
@@ -20,12 +21,11 @@ class Node:
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
-    """Each test starts and ends with nothing frozen and Python's thresholds, as a process does."""
-    thresholds = gc.get_threshold()
+    """Each test starts and ends with nothing frozen and the collector on, as a process does."""
     gc.unfreeze()
     yield
     gc.unfreeze()
-    gc.set_threshold(*thresholds)
+    gc.enable()
 
 
 def frozen(item: object) -> bool:
@@ -39,51 +39,46 @@ def cycle() -> weakref.ref[Node]:
     return weakref.ref(node)
 
 
-def test_what_exists_at_start_is_frozen_and_garbage_is_not() -> None:
-    built = Node()
-    gone = cycle()
+async def test_what_exists_at_start_is_frozen_garbage_freed_and_pythons_trigger_off() -> None:
+    built, gone = Node(), cycle()
     pacing = Pacing()
     pacing.start()
     try:
         assert frozen(built) and gone() is None
-        assert gc.get_threshold()[2] == FULL_EVERY
+        assert not gc.isenabled()
     finally:
         pacing.stop()
+    assert gc.isenabled()
 
 
-def test_a_full_collection_frees_cycles_then_freezes_the_survivors() -> None:
+async def test_on_the_clock_cycles_are_freed_and_survivors_frozen() -> None:
     pacing = Pacing()
     pacing.start()
     try:
         later, gone = Node(), cycle()
         assert not frozen(later)
-        gc.collect()
-        assert frozen(later) and gone() is None
-        young = Node()
-        gc.collect(1)  # a young collection freezes nothing
-        assert not frozen(young)
+        await asyncio.sleep(PACE_S * 3)
+        assert gone() is None and frozen(later)
     finally:
         pacing.stop()
 
 
-def test_stopping_gives_back_pythons_own_pacing() -> None:
-    thresholds = gc.get_threshold()
+async def test_stopped_it_collects_no_more() -> None:
     pacing = Pacing()
     pacing.start()
     pacing.stop()
-    assert gc.get_threshold() == thresholds
-    after = Node()
-    gc.collect()
-    assert not frozen(after)
+    gc.disable()
+    gone = cycle()
+    await asyncio.sleep(PACE_S * 3)
+    assert gone() is not None
 
 
 async def test_a_served_application_is_paced_from_startup_to_cleanup() -> None:
-    thresholds = gc.get_threshold()
     app = web.Application()
     pace_collector(app)
     built = Node()
     runner = web.AppRunner(app)
     await runner.setup()
-    assert frozen(built) and gc.get_threshold()[2] == FULL_EVERY
+    assert frozen(built) and not gc.isenabled()
     await runner.cleanup()
-    assert gc.get_threshold() == thresholds
+    assert gc.isenabled()
