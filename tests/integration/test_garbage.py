@@ -120,3 +120,15 @@ async def test_a_client_dropped_for_not_answering_pings_leaves_no_cycle_on_the_s
             await ws.close()
     assert served.hub.gateway.counters.disconnects["ping_timeout"] == 3
     assert cycles == [], cycles
+
+
+async def test_rest_requests_answered_or_refused_leave_no_cycle_on_the_server(in_process) -> None:
+    served = await in_process()
+    async with collector_off(served) as cycles, aiohttp.ClientSession() as session:
+        for path, headers in [("/health", {}), ("/metrics", {}), ("/api/realtime/devices", {}), ("/api/realtime/devices", served.admin_headers)]:
+            async with session.get(served.url + path, headers=headers) as response:
+                await response.read()
+                assert response.status in (200, 401)
+        async with session.post(served.url + "/api/realtime/broadcast", json={"nope": 1}, headers=served.admin_headers) as response:
+            assert response.status == 400
+    assert cycles == [], cycles
