@@ -46,7 +46,8 @@ import msgspec
 from iothub.loadgen.fleet import Dashboard, Device, Tally, owner_of, start_all
 from iothub.loadgen.servers import IOTHUB_SERVE, ServerProcess, free_port
 
-from .fleet import UNLIMITED_LOAD, _delivered, _drain, _send_rate, _send_window, cpu_seconds, percentiles, rss_bytes
+from .fleet import UNLIMITED_LOAD, _delivered, _drain, _send_rate, _send_window, percentiles, rss_bytes
+from .phases import cpu_seconds
 
 GATEWAY_JOINED = re.compile(r"(gateway-\d+) \(pid (\d+), private address (http://[\d.:]+)\) joined")
 CROSSING = ("none", "worst")

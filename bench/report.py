@@ -12,31 +12,59 @@ from .fleet import Result, Scenario
 
 
 def table(results: list[Result]) -> str:
-    rows: list[tuple[str, Callable[[Result], str]]] = [
-        ("acknowledged msg/s", lambda r: f"{r.acked_per_second:,.0f}"),
-        ("delivered msg/s", lambda r: f"{r.delivered_per_second:,.0f}"),
-        ("server CPU µs/msg", lambda r: _maybe(r.server_cpu_us_per_message, "{:.1f}")),
-        ("server CPU share", lambda r: _maybe(r.server_cpu_share, "{:.0%}")),
-        ("latency p50 / p99 / max ms", lambda r: "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**r.latency_ms)),
-        ("ack latency p50 / p99 ms", lambda r: "{p50:.1f} / {p99:.1f}".format(**r.ack_latency_ms)),
-        ("sent / acknowledged / refused", lambda r: f"{r.sent} / {r.acknowledged} / {r.refused}"),
-        ("unacknowledged at end", lambda r: str(r.unacknowledged)),
-        ("lost / duplicated / out of order", lambda r: f"{r.lost} / {r.duplicated} / {r.out_of_order}"),
-        ("alerts expected / received", lambda r: f"{sum(r.alerts_expected.values())} / {sum(r.alerts_received.values())}"),
-        ("server RSS MiB", lambda r: _maybe(r.server_rss_mib, "{:.1f}")),
-        ("memory per connection KiB", lambda r: _maybe(r.memory_per_connection_kib, "{:.1f}")),
+    """One column per server; with two, a third for the second's figure over the first's where a ratio means something."""
+    rows: list[tuple[str, Callable[[Result], str], Callable[[Result], float | None] | None]] = [
+        ("acknowledged msg/s", lambda r: f"{r.acked_per_second:,.0f}", None),
+        ("delivered msg/s", lambda r: f"{r.delivered_per_second:,.0f}", None),
+        ("server CPU µs/msg, steady", lambda r: _maybe(r.server_cpu_us_per_message, "{:.1f}"), lambda r: r.server_cpu_us_per_message),
+        ("server CPU µs/msg, connecting included", lambda r: _maybe(r.total_cpu_us_per_message, "{:.1f}"), lambda r: r.total_cpu_us_per_message),
+        (
+            "CPU µs per connection established",
+            lambda r: _maybe(r.connect_cpu_us_per_connection, "{:.0f}"),
+            lambda r: r.connect_cpu_us_per_connection,
+        ),
+        (
+            "idle CPU µs per socket per second",
+            lambda r: _maybe(r.idle_cpu_us_per_socket_second, "{:.2f}"),
+            lambda r: r.idle_cpu_us_per_socket_second,
+        ),
+        ("CPU µs per connection closed", lambda r: _maybe(r.close_cpu_us_per_connection, "{:.0f}"), lambda r: r.close_cpu_us_per_connection),
+        ("server CPU share, steady", lambda r: _maybe(r.server_cpu_share, "{:.0%}"), None),
+        ("load generator CPU share, steady", lambda r: f"{r.load_cpu_share:.0%}", None),
+        ("latency p50 / p99 / max ms", lambda r: "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**r.latency_ms), None),
+        ("ack latency p50 / p99 ms", lambda r: "{p50:.1f} / {p99:.1f}".format(**r.ack_latency_ms), None),
+        ("largest event-loop lag ms, all / busy", _largest_lag, None),
+        ("lag by phase, at most ms: " + " / ".join(STALL_PHASES), lambda r: _stalls(r, busy=False), None),
+        ("busy lag by phase, at most ms", lambda r: _stalls(r, busy=True), None),
+        ("sent / acknowledged / refused", lambda r: f"{r.sent} / {r.acknowledged} / {r.refused}", None),
+        ("unacknowledged at end", lambda r: str(r.unacknowledged), None),
+        ("lost / duplicated / out of order", lambda r: f"{r.lost} / {r.duplicated} / {r.out_of_order}", None),
+        ("alerts expected / received", lambda r: f"{sum(r.alerts_expected.values())} / {sum(r.alerts_received.values())}", None),
+        ("server RSS MiB", lambda r: _maybe(r.server_rss_mib, "{:.1f}"), lambda r: r.server_rss_mib),
+        ("memory per connection KiB", lambda r: _maybe(r.memory_per_connection_kib, "{:.1f}"), lambda r: r.memory_per_connection_kib),
     ]
-    cpu = [r.server_cpu_us_per_message for r in results]
-    if len(cpu) == 2 and cpu[0] and cpu[1]:
-        ratio = cpu[1] / cpu[0]
-
-        def cpu_ratio(r: Result, x: float = ratio) -> str:
-            return f"{x:.2f}×" if r is results[0] else ""
-
-        rows.append((f"CPU per message, {results[1].server} / {results[0].server}", cpu_ratio))
     header = ["", *(r.server for r in results)]
-    lines = [[label, *(cell(r) for r in results)] for label, cell in rows]
+    lines = [[label, *(cell(r) for r in results)] for label, cell, _ in rows]
+    if len(results) == 2:
+        first, second = results
+        header.append(f"{second.server} / {first.server}")
+        for line, (_, _, value) in zip(lines, rows):
+            a, b = (value(first), value(second)) if value else (None, None)
+            line.append(f"{b / a:.2f}×" if a and b is not None else "")
     return "\n".join([_title(results[0].scenario), _render(header, lines)])
+
+
+#: The phases whose largest stall the table shows.
+STALL_PHASES = ("connect", "idle", "steady", "close")
+
+
+def _largest_lag(result: Result) -> str:
+    return f"{_maybe(result.loop_lag_max_ms, '{:.1f}')} / {_maybe(result.loop_busy_lag_max_ms, '{:.1f}')}"
+
+
+def _stalls(result: Result, *, busy: bool) -> str:
+    stalls = {phase.name: phase.largest_busy_stall_ms if busy else phase.largest_stall_ms for phase in result.phases}
+    return " / ".join(_maybe(stalls.get(name), "{:g}") for name in STALL_PHASES)
 
 
 def rounds(results: list[Result], servers: list[str]) -> str:

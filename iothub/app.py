@@ -35,6 +35,7 @@ from .core.supervisor import ControlPlane, Supervisor
 from .frontend.gateway import Gateway
 from .http import dashboard, history, metrics, openapi, rest
 from .http.services import SERVICES, Services
+from .loop import LagMonitor
 from .persistence.factory import create_store
 from .persistence.store import Store
 from .persistence.writebehind import WriteBehind
@@ -91,6 +92,7 @@ class Hub:
             flush_interval=settings.flush_interval_ms / 1000,
         )
         counters = Counters(self.engine.rules)
+        self.lag = LagMonitor(counters)
         self.gateway = Gateway(settings, self.authenticator, counters)
         self.plane = DataPlane(
             GATEWAY_NAME if membership is None else membership.name,
@@ -172,11 +174,13 @@ class Hub:
         except Exception as exc:  # a path that cannot be written, a server that does not answer: say which
             raise ConfigError(f"cannot open the {self.store.name} store: {exc}") from exc
         self.write_behind.start()
+        self.lag.start()
         self._chores = [asyncio.create_task(self._hold_reads_while_behind(), name="iothub-backlog-watch")]
         if self.local_supervisor is not None:
             self._chores.append(asyncio.create_task(sweep_forever(self.local_supervisor, self.settings), name="iothub-heartbeat-sweep"))
         self.services.started = time.monotonic()
         yield
+        self.lag.stop()
         await self._stop_chores()
         await self._flush()
         await self.store.close()

@@ -88,6 +88,7 @@ def token(args: argparse.Namespace) -> int:
 
 def serve(overrides: dict[str, str | None]) -> int:
     from .app import SERVER_OPTIONS, Hub
+    from .heap import pace_collector
 
     settings = Settings.load(None, **overrides)
     ssl_context = server_context(settings)  # before anything else: a TLS file it cannot use is a ConfigError
@@ -98,8 +99,10 @@ def serve(overrides: dict[str, str | None]) -> int:
 
         return serve_cluster(settings)
     hub = Hub(settings)
+    app = hub.application()
+    pace_collector(app)
     web.run_app(
-        hub.application(),
+        app,
         host=settings.bind_host,
         port=settings.port,
         ssl_context=ssl_context,

@@ -115,10 +115,39 @@ class Histogram:
         return HistogramSnapshot(self._seconds, tuple(self.counts), self.total_ns / 1e9)
 
 
+class PeakSnapshot(Struct, frozen=True):
+    """A :class:`PeakHistogram`: its histogram, and the largest observation, in seconds."""
+
+    histogram: HistogramSnapshot
+    max: float
+
+    def __add__(self, other: PeakSnapshot) -> PeakSnapshot:
+        return PeakSnapshot(self.histogram + other.histogram, max(self.max, other.max))
+
+
+class PeakHistogram(Histogram):
+    """A histogram that also keeps its largest observation: for stalls, where the worst one is the figure."""
+
+    __slots__ = ("max_ns",)
+
+    def __init__(self, bounds_seconds: Iterable[float]) -> None:
+        super().__init__(bounds_seconds)
+        self.max_ns = 0
+
+    def observe(self, ns: int) -> None:
+        super().observe(ns)
+        self.max_ns = max(self.max_ns, ns)
+
+    def peak_snapshot(self) -> PeakSnapshot:
+        return PeakSnapshot(self.snapshot(), self.max_ns / 1e9)
+
+
 #: From receiving a telemetry message to queueing its last dashboard packet: microseconds, unless the loop is behind.
 FANOUT_BUCKETS = (10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3)
 #: One write-behind batch's commit: milliseconds, seconds when the store struggles.
 COMMIT_BUCKETS = (1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0)
+#: How late the event loop ran a timer: under a millisecond when it keeps up; 20 ms is the fleet's bound for a stall.
+LOOP_LAG_BUCKETS = (1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 200e-3, 500e-3, 1.0, 2.0, 5.0)
 
 
 # --------------------------------------------------------------------------- a gateway's counters
@@ -206,6 +235,9 @@ class GatewayMetrics(Struct, frozen=True, kw_only=True):
     telemetry_fanout: HistogramSnapshot
     #: Cluster mode: packets relayed to and from other gateways, and batches that carried them (:data:`RELAYED`).
     relayed: dict[str, int]
+    #: How late the event loop ran (:class:`iothub.loop.LagMonitor`), and the part of it its thread was running.
+    event_loop_lag: PeakSnapshot
+    event_loop_busy_lag: PeakSnapshot
 
 
 class Counters:
@@ -217,7 +249,7 @@ class Counters:
 
     __slots__ = (
         "connects", "disconnects", "auth_failures", "received", "sent", "bytes_in", "bytes_out", "refusals", "alerts",
-        "fanout", "relayed", "_sent_index", "_sent_names", "_other_sent", "_alert_labels",
+        "fanout", "relayed", "loop_lag", "loop_busy_lag", "_sent_index", "_sent_names", "_other_sent", "_alert_labels",
     )  # fmt: skip
 
     def __init__(self, rules: Iterable[AlertRule]) -> None:
@@ -240,6 +272,8 @@ class Counters:
         self._alert_labels = tuple((rule.code, rule.level) for rule in rules)
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.relayed = dict.fromkeys(RELAYED, 0)
+        self.loop_lag = PeakHistogram(LOOP_LAG_BUCKETS)
+        self.loop_busy_lag = PeakHistogram(LOOP_LAG_BUCKETS)
 
     def sent_to(self, event: str, recipients: int) -> None:
         """``recipients`` packets of ``event`` queued."""
@@ -269,6 +303,8 @@ class Counters:
             alerts=[AlertCount(code, level, count) for (code, level), count in zip(self._alert_labels, self.alerts)],
             telemetry_fanout=self.fanout.snapshot(),
             relayed=dict(self.relayed),
+            event_loop_lag=self.loop_lag.peak_snapshot(),
+            event_loop_busy_lag=self.loop_busy_lag.peak_snapshot(),
         )
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import struct
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -180,7 +182,7 @@ def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
             elif (elsewhere := guard.forwarded(request)) is not None:
                 return await elsewhere
             response = await server.handle_request(request)
-            pump = request.get(PUMP)
+            pump = request.pop(PUMP, None)  # the request keeps no pump: the WebSocket refers to the request
             if pump is not None:
                 await pump.run()
             elif isinstance(response, web.Response) and isinstance(response.body, bytes):
@@ -219,7 +221,8 @@ class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
 
     def __init__(self, socket: AsyncSocket, guard: Guard) -> None:
         super().__init__()
-        self.socket = socket
+        #: Weak: the socket holds its queue, and a cycle would outlive the session (see :meth:`Pump._let_go`).
+        self.socket = weakref.ref(socket)
         self.guard = guard
         self.size = 0
         #: Past the limit: the socket is being cut off, and nothing more is kept for it.
@@ -239,7 +242,9 @@ class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
                 return
             if self.size > self.guard.max_queued_bytes:  # one packet always fits, however large
                 self.overflowed = True
-                self.guard.too_slow(self.socket)
+                socket = self.socket()
+                if socket is not None:
+                    self.guard.too_slow(socket)
                 return
             self.size += len(item.data) if isinstance(item.data, str | bytes) else 1
         super()._put(item)
@@ -295,12 +300,28 @@ class Pump:
         try:
             await self._read()
         finally:
-            self._flush()
-            await socket.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-            self.server.sockets.pop(socket.sid, None)
-            if self._sent is not None:
-                await self._sent
-            await self.ws.close()
+            try:
+                self._flush()
+                await socket.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+                self.server.sockets.pop(socket.sid, None)
+                if self._sent is not None:
+                    await self._sent
+                await self.ws.close()
+            finally:  # even cancelled (aiohttp cancels the handler of a connection that is lost)
+                self._let_go()
+
+    def _let_go(self) -> None:
+        """Leave no reference cycle behind, so that reference counting frees the connection the moment it ends.
+
+        A cycle would wait for a full collection, and one frozen (:mod:`iothub.heap`) would never be freed:
+        the socket and its queue (this pump) refer to each other, and a close that found the peer gone keeps
+        its error on the WebSocket, whose traceback's frames (and those of the cancellation it was raised
+        during, as they unwind) refer to the WebSocket.
+        """
+        self.socket.queue = GONE
+        error = self.ws.exception()
+        if error is not None:  # kept bare: no traceback (its frames), no error it was raised while handling (theirs)
+            error.__traceback__ = error.__context__ = error.__cause__ = None
 
     def _take_over_queue(self) -> None:
         """Become the socket's queue; what Engine.IO queued before goes out first."""
@@ -421,14 +442,43 @@ class Pump:
             pass
 
 
+#: Pings fall due on a grid of this step, so that many sockets' pings go out in one turn of the loop: one wake-up
+#: for all of them, not one each (15,000 sockets pinged every 25 s would wake an idle server 600 times a second).
+PING_GRID_S = 0.05
+
+
+def on_grid(when: float) -> float:
+    """The first point of the ping grid at or after ``when`` (the loop's clock)."""
+    return math.ceil(when / PING_GRID_S) * PING_GRID_S
+
+
+class _Gone:
+    """The queue of a socket whose pump has finished: what is put there goes nowhere."""
+
+    __slots__ = ()
+
+    def put_nowait(self, packet: eio_packet.Packet | None) -> None:
+        pass
+
+    async def put(self, packet: eio_packet.Packet | None) -> None:
+        pass
+
+    async def join(self) -> None:
+        pass
+
+
+GONE = _Gone()
+
+
 class Pinger:
     """An Engine.IO socket's pings and ping timeout on timer handles, instead of a task per ping.
 
     It replaces the socket's ``schedule_ping``, with the same meaning: the next
-    ping goes out one ping interval after the client answered the last one. A
-    ping not answered within the ping timeout closes the socket, and the
-    transport with it: a CLOSE packet goes out (the pump then closes its
-    WebSocket; a held poll returns it) before Engine.IO closes the session.
+    ping goes out one ping interval after the client answered the last one
+    (rounded up to :data:`PING_GRID_S`). A ping not answered within the ping
+    timeout closes the socket, and the transport with it: a CLOSE packet goes
+    out (the pump then closes its WebSocket; a held poll returns it) before
+    Engine.IO closes the session.
     """
 
     __slots__ = ("socket", "gate", "_loop", "_next", "_expiry", "_closer")
@@ -452,21 +502,25 @@ class Pinger:
             self._expiry = None
         if self.socket.last_ping:
             self.socket.last_ping = None
-            self._next = self._loop.call_later(self.socket.server.ping_interval, self._ping, context=self._context)
+            loop = self._loop
+            self._next = loop.call_at(on_grid(loop.time() + self.socket.server.ping_interval), self._ping, context=self._context)
 
     def stop(self) -> None:
-        """The session is over: its timers go now, and with them what they kept alive."""
+        """The session is over: its timers go now, and with them what they kept alive; the socket lets go of
+        this pinger (the two referred to each other)."""
         for timer in (self._next, self._expiry):
             if timer is not None:
                 timer.cancel()
         self._next = self._expiry = None
+        vars(self.socket).pop("schedule_ping", None)
 
     def _ping(self) -> None:
         socket = self.socket
         if not socket.closing and not socket.closed:
             socket.last_ping = time.time()
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
-            self._expiry = self._loop.call_later(socket.server.ping_timeout, self._expire, context=self._context)
+            loop = self._loop
+            self._expiry = loop.call_at(on_grid(loop.time() + socket.server.ping_timeout), self._expire, context=self._context)
 
     def _expire(self) -> None:
         socket = self.socket

@@ -16,9 +16,12 @@ With ``IOTHUB_METRICS_TOKEN`` set, a scrape needs ``Authorization: Bearer
 
 from __future__ import annotations
 
+import functools
 import hmac
+import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -28,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from ..core.commands import GatewayReport
 from ..core.errors import ErrorCode, ProtocolError
-from ..core.metrics import HistogramSnapshot
+from ..core.metrics import HistogramSnapshot, PeakSnapshot
 from .services import SERVICES
 
 PATH = "/metrics"
@@ -103,6 +106,21 @@ def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> Hi
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot.sum)
 
 
+Snapshot = TypeVar("Snapshot", HistogramSnapshot, PeakSnapshot)
+
+
+def _summed(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """The gateways' snapshots of one metric added up (there is at least one)."""
+    return functools.reduce(operator.add, snapshots)
+
+
+def _peak(name: str, documentation: str, snapshot: PeakSnapshot) -> Iterator[Metric]:
+    """A :class:`PeakSnapshot` as a histogram ``<name>_seconds`` and a gauge ``<name>_max_seconds``."""
+    yield _histogram(f"{name}_seconds", documentation, snapshot.histogram)
+    largest = f"The largest since the server started (of any gateway) of: {documentation[0].lower()}{documentation[1:]}"
+    yield GaugeMetricFamily(f"{name}_max_seconds", largest, value=snapshot.max)
+
+
 class HubCollector(Collector):
     """The server's metric families, from the gateways' reports taken at scrape time (:attr:`reports`)."""
 
@@ -126,13 +144,20 @@ class HubCollector(Collector):
             alerts.add_metric([code, level], count)
         yield alerts
         if gateways:
-            fanout = gateways[0].telemetry_fanout
-            for gateway in gateways[1:]:
-                fanout += gateway.telemetry_fanout
             yield _histogram(
                 "iothub_telemetry_fanout_seconds",
                 "From the gateway taking a telemetry_data event to the last of its dashboard packets (update and alerts) queued",
-                fanout,
+                _summed(gateway.telemetry_fanout for gateway in gateways),
+            )
+            yield from _peak(
+                "iothub_event_loop_lag",
+                "How late the event loop ran the lag monitor's timer: what every socket waited, to within the timer's period",
+                _summed(gateway.event_loop_lag for gateway in gateways),
+            )
+            yield from _peak(
+                "iothub_event_loop_busy_lag",
+                "The part of the event loop's lag its thread spent running: the stalls the server's own work caused",
+                _summed(gateway.event_loop_busy_lag for gateway in gateways),
             )
         yield GaugeMetricFamily(
             "iothub_writebehind_backlog_rows", "Rows taken by the write-behind and not yet committed", value=sum(store.backlog for store in stores)

@@ -9,10 +9,11 @@ owner and checks what arrives: latency, losses, duplicates, order, alerts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -185,15 +186,24 @@ class Dashboard:
             self.alerts[payload["alert"]["code"]] += 1
 
 
-async def start_all(members: list[Any], concurrency: int, auth: dict[str, Any] | None = None) -> None:
+async def start_all(members: Sequence[Device | Dashboard], concurrency: int, auth: dict[str, Any] | None = None) -> None:
     """Connect members a bounded number at a time, so a big fleet does not stampede the server."""
+    await _bounded([functools.partial(member.start, auth) for member in members], concurrency)
+
+
+async def close_all(members: Sequence[Device | Dashboard], concurrency: int) -> None:
+    """Close members' connections a bounded number at a time, at the pace they connected."""
+    await _bounded([member.client.close for member in members], concurrency)
+
+
+async def _bounded(calls: Sequence[Callable[[], Awaitable[None]]], concurrency: int) -> None:
     gate = asyncio.Semaphore(concurrency)
 
-    async def start(member: Any) -> None:
+    async def call(each: Callable[[], Awaitable[None]]) -> None:
         async with gate:
-            await member.start(auth)
+            await each()
 
-    await asyncio.gather(*(start(member) for member in members))
+    await asyncio.gather(*(call(each) for each in calls))
 
 
 async def simulate(

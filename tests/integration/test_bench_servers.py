@@ -1,4 +1,5 @@
-"""``iothub bench``'s servers: which store a started iothub uses, where its rows go, and bad --server values.
+"""``iothub bench``'s servers: which store a started iothub uses, where its rows go, bad --server values, and a
+small fleet through iothub and through the Node peer.
 
 The servers here are real ``iothub serve`` processes started the way the
 benchmark starts them, without any load.
@@ -8,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from bench.fleet import BenchServer, pin_threads
+from bench.addresses import source_addresses
+from bench.fleet import BenchServer, Scenario, drive, pin_threads
 from iothub.cli import main
 
 
@@ -115,3 +119,30 @@ def test_the_cluster_benchmark_places_its_load_and_measures_every_process(tmp_pa
     assert result["delivered_per_second"] > 0 and result["cpu_us_per_delivered"] > 0
     assert {"gateways", "supervisor", "driver"} <= result["cpu_by_role"].keys()
     assert "connections by gateway" in capsys.readouterr().out
+
+
+async def test_a_spread_source_address_reaches_a_server_on_loopback(in_process) -> None:
+    served = await in_process()
+    address = source_addresses("127.0.0.1", 2, 1)[1]
+    assert address is not None
+    endpoint = served.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0))) as session,
+        session.ws_connect(endpoint) as ws,
+    ):
+        assert ws.get_extra_info("sockname")[0] == address
+        assert (await ws.receive_str(timeout=5)).startswith("0{")  # Engine.IO's open packet
+
+
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="the Node peer needs node and npm")
+@pytest.mark.parametrize("spec", ["iothub:memory", "node"])
+async def test_a_small_fleet_through_a_started_server_is_answered_delivered_and_costed(started, spec: str) -> None:
+    server = started(spec)
+    scenario = Scenario(name="tiny", devices=20, dashboards=4, rate=40, duration=1, warmup=0.5, idle=0.5)
+    result = await drive(scenario, server.url, server.pid, spec)
+    assert result.acknowledged == result.sent > 0 and result.refused == 0
+    assert (result.lost, result.duplicated, result.out_of_order) == (0, 0, 0)
+    assert result.alerts_received == result.alerts_expected
+    assert [phase.name for phase in result.phases] == ["connect", "idle", "warm-up", "steady", "drain", "close"]
+    assert all(phase.largest_stall_ms is not None for phase in result.phases)  # both expose the event loop's lag
+    assert result.loop_lag_max_ms is not None and result.connect_cpu_us_per_connection is not None

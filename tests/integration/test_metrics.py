@@ -121,8 +121,9 @@ async def test_a_scrape_moves_by_exactly_the_traffic(server_factory, open_client
 
 def _moves_by_itself(name: str) -> bool:
     """Figures whose value the test does not set exactly: bytes (their own test), the fan-out's buckets and
-    time, and the store's, which follow the write-behind's timing."""
-    return name.startswith(("iothub_received_bytes", "iothub_sent_bytes", "iothub_store_", "iothub_writebehind_")) or name in {
+    time, the store's, which follow the write-behind's timing, and the event loop's lag (the loop's own timing)."""
+    moving = ("iothub_received_bytes", "iothub_sent_bytes", "iothub_store_", "iothub_writebehind_", "iothub_event_loop_")
+    return name.startswith(moving) or name in {
         "iothub_telemetry_fanout_seconds_bucket",
         "iothub_telemetry_fanout_seconds_sum",
     }
@@ -245,6 +246,10 @@ async def test_every_family_has_its_type(in_process, http):
         "iothub_cluster_relayed": "counter",
         "iothub_alerts": "counter",
         "iothub_telemetry_fanout_seconds": "histogram",
+        "iothub_event_loop_lag_seconds": "histogram",
+        "iothub_event_loop_lag_max_seconds": "gauge",
+        "iothub_event_loop_busy_lag_seconds": "histogram",
+        "iothub_event_loop_busy_lag_max_seconds": "gauge",
         "iothub_writebehind_backlog_rows": "gauge",
         "iothub_store_commit_seconds": "histogram",
         "iothub_store_errors": "counter",
@@ -265,3 +270,16 @@ async def test_a_metrics_token_keeps_others_out(in_process, http, authorization)
     assert response.status == 401 and response.body["code"] == "UNAUTHORIZED"
     scraped = await scrape(http, served.url, Authorization="Bearer metrics-secret")
     assert scraped.value("iothub_auth_failures_total", interface="rest") == 1
+
+
+async def test_the_event_loop_lag_is_sampled_while_the_server_runs(in_process, http):
+    served = await in_process()
+
+    async def sampled() -> Scrape | None:
+        now = await scrape(http, served.url)
+        return now if now.value("iothub_event_loop_lag_seconds_count") >= 3 else None
+
+    after = await until(sampled)
+    assert after.value("iothub_event_loop_lag_seconds_bucket", le="+Inf") == after.value("iothub_event_loop_lag_seconds_count")
+    assert after.value("iothub_event_loop_busy_lag_seconds_count") == after.value("iothub_event_loop_lag_seconds_count")
+    assert 0 <= after.value("iothub_event_loop_busy_lag_max_seconds") <= after.value("iothub_event_loop_lag_max_seconds")

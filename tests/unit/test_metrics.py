@@ -13,6 +13,7 @@ from iothub.core.metrics import (
     Counters,
     Histogram,
     HistogramSnapshot,
+    PeakSnapshot,
     received_index,
 )
 from iothub.core.rules import DEFAULT_RULES, merge_rules
@@ -99,3 +100,9 @@ async def test_sockets_are_counted_by_what_they_do() -> None:
     await hub.disconnect("device")
     await hub.unsubscribe("dashboard", "a@example.com")
     assert hub.plane.metrics().sockets == {"device": 1, "dashboard": 0, "other": 2}
+
+
+def test_peaks_of_two_gateways_add_up_and_keep_the_larger() -> None:
+    a = PeakSnapshot(HistogramSnapshot((1.0,), (1, 0), 0.5), 0.5)
+    b = PeakSnapshot(HistogramSnapshot((1.0,), (0, 1), 2.0), 2.0)
+    assert a + b == PeakSnapshot(HistogramSnapshot((1.0,), (1, 1), 2.5), 2.0)
