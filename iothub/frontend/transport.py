@@ -92,17 +92,24 @@ class ReadGate:
     socket the server does not read cannot be judged silent.
     """
 
-    __slots__ = ("paused", "_opened")
+    __slots__ = ("paused", "resumed_at", "_opened")
 
     def __init__(self) -> None:
         self.paused = False
+        #: When reading last resumed (``time.monotonic()``).
+        self.resumed_at = float("-inf")
         self._opened: asyncio.Event | None = None
 
     def pause(self) -> None:
         self.paused = True
 
+    def held_within(self, seconds: float) -> bool:
+        """Whether reading is held, or was within the last ``seconds``: what it held back may still be unread."""
+        return self.paused or time.monotonic() - self.resumed_at < seconds
+
     def resume(self) -> None:
         self.paused = False
+        self.resumed_at = time.monotonic()
         if self._opened is not None:
             self._opened.set()
             self._opened = None
@@ -525,9 +532,9 @@ class Pinger:
     def _expire(self) -> None:
         socket = self.socket
         self._expiry = None
-        if self.gate.paused:  # the server is not reading: the answer may be waiting unread. Ping again, so
-            self._ping()  # that the client, which times out a server that stops pinging, stays too.
-            return
+        if self.gate.held_within(socket.server.ping_timeout):  # the server is not reading, or only just again: the
+            self._ping()  # answer may be waiting unread. Ping again, so that the client, which times out a server
+            return  # that stops pinging, stays too.
         if not socket.closing and not socket.closed:
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
             self._closer = asyncio.ensure_future(socket.close(wait=False, abort=True, reason=socket.server.reason.PING_TIMEOUT))

@@ -60,3 +60,16 @@ async def test_the_read_gate_holds_readers_until_it_opens() -> None:
     gate.resume()
     await asyncio.wait_for(reader, 1)
     await asyncio.wait_for(gate.wait(), 1)  # open: no wait at all
+
+
+def test_reading_counts_as_held_until_a_ping_timeout_after_it_resumed() -> None:
+    """What the gate held back (a pong among it) is read only after it opens: a ping timeout falling just after
+    must not close a socket whose answer is still unread."""
+    gate = ReadGate()
+    assert not gate.held_within(0.3)
+    gate.pause()
+    assert gate.held_within(0.3)
+    gate.resume()
+    assert gate.held_within(0.3) and not gate.paused
+    gate.resumed_at -= 0.31
+    assert not gate.held_within(0.3)
