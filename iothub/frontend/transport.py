@@ -78,9 +78,6 @@ def frame_of(packet: eio_packet.Packet) -> bytes:
     return packet.frame() if isinstance(packet, FramedPacket) else frame(packet.encode())
 
 
-#: Where the WebSocket driver leaves a socket's pump for the route's handler to run.
-PUMP = "iothub.pump"
-
 
 class ReadGate:
     """Whether the server reads from its sockets now.
@@ -452,6 +449,10 @@ class Pump:
 #: Pings fall due on a grid of this step, so that many sockets' pings go out in one turn of the loop: one wake-up
 #: for all of them, not one each (15,000 sockets pinged every 25 s would wake an idle server 600 times a second).
 PING_GRID_S = 0.05
+
+
+#: Where the WebSocket driver leaves a socket's pump for the route's handler to run.
+PUMP = web.RequestKey("iothub.pump", Pump)
 
 
 def on_grid(when: float) -> float:
