@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
 import struct
 import time
 import weakref
@@ -446,18 +445,8 @@ class Pump:
             pass
 
 
-#: Pings fall due on a grid of this step, so that many sockets' pings go out in one turn of the loop: one wake-up
-#: for all of them, not one each (15,000 sockets pinged every 25 s would wake an idle server 600 times a second).
-PING_GRID_S = 0.05
-
-
 #: Where the WebSocket driver leaves a socket's pump for the route's handler to run.
 PUMP = web.RequestKey("iothub.pump", Pump)
-
-
-def on_grid(when: float) -> float:
-    """The first point of the ping grid at or after ``when`` (the loop's clock)."""
-    return math.ceil(when / PING_GRID_S) * PING_GRID_S
 
 
 class _Gone:
@@ -482,11 +471,10 @@ class Pinger:
     """An Engine.IO socket's pings and ping timeout on timer handles, instead of a task per ping.
 
     It replaces the socket's ``schedule_ping``, with the same meaning: the next
-    ping goes out one ping interval after the client answered the last one
-    (rounded up to :data:`PING_GRID_S`). A ping not answered within the ping
-    timeout closes the socket, and the transport with it: a CLOSE packet goes
-    out (the pump then closes its WebSocket; a held poll returns it) before
-    Engine.IO closes the session.
+    ping goes out one ping interval after the client answered the last one. A
+    ping not answered within the ping timeout closes the socket, and the
+    transport with it: a CLOSE packet goes out (the pump then closes its
+    WebSocket; a held poll returns it) before Engine.IO closes the session.
     """
 
     __slots__ = ("socket", "gate", "_loop", "_next", "_expiry", "_closer")
@@ -510,8 +498,7 @@ class Pinger:
             self._expiry = None
         if self.socket.last_ping:
             self.socket.last_ping = None
-            loop = self._loop
-            self._next = loop.call_at(on_grid(loop.time() + self.socket.server.ping_interval), self._ping, context=self._context)
+            self._next = self._loop.call_later(self.socket.server.ping_interval, self._ping, context=self._context)
 
     def stop(self) -> None:
         """The session is over: its timers go now, and with them what they kept alive; the socket lets go of
@@ -527,8 +514,7 @@ class Pinger:
         if not socket.closing and not socket.closed:
             socket.last_ping = time.time()
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
-            loop = self._loop
-            self._expiry = loop.call_at(on_grid(loop.time() + socket.server.ping_timeout), self._expire, context=self._context)
+            self._expiry = self._loop.call_later(socket.server.ping_timeout, self._expire, context=self._context)
 
     def _expire(self) -> None:
         socket = self.socket
