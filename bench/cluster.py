@@ -49,7 +49,6 @@ from iothub.loadgen.servers import IOTHUB_SERVE, ServerProcess, free_port
 from .fleet import UNLIMITED_LOAD, _delivered, _drain, _send_rate, _send_window, percentiles, rss_bytes
 from .phases import cpu_seconds
 
-GATEWAY_JOINED = re.compile(r"(gateway-\d+) \(pid (\d+), private address (http://[\d.:]+)\) joined")
 CROSSING = ("none", "worst")
 #: Seconds between the load's shards all connected and their common start.
 START_DELAY_S = 0.5
@@ -148,19 +147,6 @@ def tree_cpu(root: int) -> dict[int, float]:
     return usage
 
 
-def gateway_addresses(server: ServerProcess, workers: int, timeout: float = 60) -> dict[str, tuple[int, str]]:
-    """name → (pid, own address), from the supervisor's log (one process: its own pid and URL)."""
-    if workers == 1:
-        return {"gateway-0": (server.pid, server.url)}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        joined = {name: (int(pid), address) for name, pid, address in GATEWAY_JOINED.findall(server.log())}
-        if len(joined) >= workers:
-            return joined
-        time.sleep(0.2)
-    raise SystemExit(f"the cluster's {workers} gateways did not all join: {server.log()[-2000:]}")
-
-
 def relayed(url: str) -> float:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
         text = answer.read().decode()
@@ -257,13 +243,13 @@ async def run_shards(shards: list[Any], load_workers: int, start_at: float) -> l
 
 
 async def drive(config: Config, load: Load, server: ServerProcess, load_workers: int) -> ClusterResult:
-    gateways = gateway_addresses(server, config.workers)
-    urls = [address for _, (_, address) in sorted(gateways.items())]
+    gateways = server.gateways(config.workers)
+    urls = [gateway.address for _, gateway in sorted(gateways.items())]
     shards = await connect_shards(config, load, urls, load_workers)
     start_at = time.time() + START_DELAY_S
     run = asyncio.ensure_future(run_shards(shards, load_workers, start_at))
     await asyncio.sleep(max(0.0, start_at - time.time() + load.warmup))
-    spread = {entry["id"]: entry["connections"] for entry in status(server.url)["gateways"]}
+    spread = {entry["id"]: entry["connections"] for entry in server.status()["gateways"]}
     print(f"[{config.label}] connections by gateway: {spread}", flush=True)
     cpu_before, relayed_before, started = tree_cpu(server.pid), relayed(server.url), time.monotonic()
     await asyncio.sleep(load.duration)
@@ -271,7 +257,7 @@ async def drive(config: Config, load: Load, server: ServerProcess, load_workers:
     cpu_after, relayed_after = tree_cpu(server.pid), relayed(server.url)
     shards = await run
     acked, delivered = sum(s.acked for s in shards), sum(s.delivered for s in shards)
-    gateway_pids = {pid for pid, _ in gateways.values()} if config.workers > 1 else set()
+    gateway_pids = {gateway.pid for gateway in gateways.values()} if config.workers > 1 else set()
     rss = {pid: rss_bytes(pid) for pid in process_tree(server.pid)}
     cpu = sum(cpu_after[pid] - cpu_before[pid] for pid in cpu_after.keys() & cpu_before.keys())
     by_role: dict[str, float] = {}
@@ -298,12 +284,6 @@ async def drive(config: Config, load: Load, server: ServerProcess, load_workers:
         gateway_mib=[round(rss[pid] / 2**20, 1) for pid in sorted(gateway_pids) if pid in rss] or [round(rss[server.pid] / 2**20, 1)],
         cpu_by_role={role: round(value, 2) for role, value in sorted(by_role.items())},
     )
-
-
-def status(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/api/realtime/status", timeout=10) as answer:
-        data: dict[str, Any] = msgspec.json.decode(answer.read())["data"]
-        return data
 
 
 def run_one(config: Config, load: Load, load_workers: int) -> ClusterResult:

@@ -33,29 +33,13 @@ from .. import logs
 from ..app import SERVER_OPTIONS, Hub, Membership, sweep_forever
 from ..config import Settings
 from ..core.commands import (
-    Attach,
-    Broadcast,
-    Counts,
-    Departed,
-    Detach,
     GatewayReport,
     GatewayState,
-    Join,
-    LastStates,
-    Leave,
-    Register,
     Routes,
-    SendToDevice,
-    SendToSocket,
     SendToUser,
     SocketClosed,
-    Subscribe,
-    Sweep,
-    Unsubscribe,
 )
 from ..core.metrics import Counters
-from ..core.protocol import Delivery, DeviceInfo, DeviceRegistered, Failure, LastTelemetry, UserSubscribed, UserUnsubscribed
-from ..core.records import DeviceRecord
 from ..core.supervisor import Supervisor
 from ..persistence.factory import create_store
 from ..persistence.writebehind import WriteBehind
@@ -75,6 +59,17 @@ WATCH_TIMEOUT_S = 1.0
 #: A gateway joining a supervisor that Ray is restarting asks again, this often, this long apart.
 REJOIN_ATTEMPTS = 300
 REJOIN_PAUSE_S = 0.1
+
+
+#: What the supervisor may ask of a gateway: the :class:`~iothub.core.supervisor.GatewayLink` methods that answer.
+PLANE_COMMANDS = frozenset(
+    ("attach", "detach", "join", "leave", "deliver", "send_to_socket", "broadcast", "sweep", "devices", "last_states", "counts", "report")
+)
+#: What a gateway may ask of the supervisor: its :class:`~iothub.core.supervisor.ControlPlane`, and who owns what.
+CONTROL_QUESTIONS = frozenset(
+    ("register", "subscribe", "unsubscribe", "send_to_device", "send_to_user", "broadcast", "devices", "users", "counts", "reports")
+)
+OWNER_QUESTIONS = frozenset(("owner_of", "devices_of"))
 
 
 def gateway_name(index: int) -> str:
@@ -140,41 +135,11 @@ class GatewayActor:
 
     # ------------------------------------------------------------------ the supervisor's commands
 
-    async def attach(self, command: Attach) -> bool:
-        return await self.plane.attach(command)
-
-    async def detach(self, command: Detach) -> None:
-        await self.plane.detach(command)
-
-    async def join(self, command: Join) -> bool:
-        return await self.plane.join(command)
-
-    async def leave(self, command: Leave) -> bool:
-        return await self.plane.leave(command)
-
-    async def deliver(self, command: SendToUser) -> int:
-        return await self.plane.deliver(command)
-
-    async def send_to_socket(self, command: SendToSocket) -> int:
-        return await self.plane.send_to_socket(command)
-
-    async def broadcast(self, command: Broadcast) -> int:
-        return await self.plane.broadcast(command)
-
-    async def sweep(self, command: Sweep) -> list[Departed]:
-        return await self.plane.sweep(command)
-
-    async def devices(self) -> list[DeviceInfo]:
-        return await self.plane.devices()
-
-    async def last_states(self, command: LastStates) -> list[LastTelemetry]:
-        return await self.plane.last_states(command)
-
-    async def counts(self) -> Counts:
-        return await self.plane.counts()
-
-    async def report(self) -> GatewayReport:
-        return await self.plane.report()
+    async def command(self, name: str, *args: object) -> object:
+        """One of the supervisor's commands (:data:`PLANE_COMMANDS`), answered by the data plane."""
+        if name not in PLANE_COMMANDS:
+            raise ValueError(f"no such command: {name}")
+        return await getattr(self.plane, name)(*args)
 
     async def apply(self, directives: list[Directive]) -> None:
         """The supervisor's stream: announcements, routing changes, the peers' addresses, in order."""
@@ -279,45 +244,17 @@ class SupervisorActor:
 
     # ------------------------------------------------------------------ the gateways' questions
 
-    async def register(self, command: Register) -> DeviceRegistered | Failure:
-        return await self.supervisor.register(command)
+    async def ask(self, name: str, *args: object) -> object:
+        """A gateway's question (:data:`CONTROL_QUESTIONS`), answered by the supervisor, or by the registry."""
+        if name in CONTROL_QUESTIONS:
+            return await getattr(self.supervisor, name)(*args)
+        if name in OWNER_QUESTIONS:
+            return await getattr(self.write_behind, name)(*args)
+        raise ValueError(f"no such question: {name}")
 
     async def sockets_closed(self, commands: list[SocketClosed]) -> None:
         for command in commands:
             await self.supervisor.socket_closed(command)
-
-    async def subscribe(self, command: Subscribe) -> UserSubscribed | Failure:
-        return await self.supervisor.subscribe(command)
-
-    async def unsubscribe(self, command: Unsubscribe) -> UserUnsubscribed:
-        return await self.supervisor.unsubscribe(command)
-
-    async def send_to_device(self, command: SendToDevice) -> Delivery | Failure:
-        return await self.supervisor.send_to_device(command)
-
-    async def send_to_user(self, command: SendToUser) -> Delivery | Failure:
-        return await self.supervisor.send_to_user(command)
-
-    async def broadcast(self, command: Broadcast) -> Delivery:
-        return await self.supervisor.broadcast(command)
-
-    async def devices(self) -> list[DeviceInfo]:
-        return await self.supervisor.devices()
-
-    async def users(self) -> list[str]:
-        return await self.supervisor.users()
-
-    async def counts(self) -> Counts:
-        return await self.supervisor.counts()
-
-    async def reports(self) -> list[GatewayReport]:
-        return await self.supervisor.reports()
-
-    async def owner_of(self, imei: str) -> str | None:
-        return await self.write_behind.owner_of(imei)
-
-    async def devices_of(self, email: str) -> list[DeviceRecord]:
-        return await self.write_behind.devices_of(email)
 
     async def registry_committed(self) -> None:
         await self.write_behind.committed()

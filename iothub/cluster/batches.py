@@ -48,12 +48,14 @@ class Batcher(Generic[T]):
         #: When the last call started (the loop's clock).
         self._last_call = float("-inf")
 
-    def push(self, item: T) -> None:
+    def push(self, item: T) -> bool:
+        """Take ``item`` for the next batch; False when past the limit (dropped, and counted)."""
         if len(self._waiting) >= self.limit:
             self.dropped += 1
-            return
+            return False
         self._waiting.append(item)
         self._schedule()
+        return True
 
     def _schedule(self) -> None:
         if self._scheduled or self._flying is not None:

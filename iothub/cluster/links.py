@@ -86,7 +86,7 @@ class GatewayMember:
     async def _call(self, method: str, failed: T, *args: object) -> T:
         self.stream.flush_now()
         try:
-            answer: T = await getattr(self.handle, method).remote(*args)
+            answer: T = await self.handle.command.remote(method, *args)
         except RayError:
             self._lost(self)
             return failed
@@ -136,9 +136,11 @@ class GatewayMember:
         return await self._call("counts", Counts(0, 0))
 
     async def report(self) -> GatewayReport:
-        gone = msgspec.structs.replace(self.last, alive=False, counts=Counts(0, 0))
-        self.last = await self._call("report", gone)
-        return self.last
+        report: GatewayReport | None = await self._call("report", None)
+        if report is None:
+            return msgspec.structs.replace(self.last, alive=False, counts=Counts(0, 0))
+        self.last = report
+        return report
 
 
 class SupervisorClient:
@@ -157,7 +159,7 @@ class SupervisorClient:
 
     async def _ask(self, method: str, *args: object) -> Any:
         self.closed.flush_now()
-        return await getattr(self.handle, method).remote(*args)
+        return await self.handle.ask.remote(method, *args)
 
     async def _command(self, method: str, command: object) -> Any:
         """A command whose refusal is a value: the supervisor's absence is one too."""
@@ -228,4 +230,8 @@ class SupervisorClient:
 
     async def registry_committed(self) -> None:
         """Resolved once every owner change the supervisor has taken so far is committed."""
-        await self._listing("registry_committed")
+        self.closed.flush_now()
+        try:
+            await self.handle.registry_committed.remote()
+        except RayError:
+            raise ProtocolError(ErrorCode.INTERNAL, SUPERVISOR_AWAY) from None

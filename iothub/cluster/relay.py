@@ -96,9 +96,7 @@ class Crossings:
             out = self._out.get(name)
             if out is None:
                 out = self._out[name] = Batcher(self._sender(name), name=name, kind="relayed packets", interval=RELAY_INTERVAL_S)
-            dropped = out.dropped
-            out.push(packet)
-            relayed["packets_out" if out.dropped == dropped else "packets_dropped"] += 1
+            relayed["packets_out" if out.push(packet) else "packets_dropped"] += 1
 
     def _sender(self, name: str) -> Callable[[list[Crossing]], Awaitable[object]]:
         async def send(batch: list[Crossing]) -> None:

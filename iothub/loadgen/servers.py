@@ -8,7 +8,9 @@ that logs a lot — and, on a failed start, says what the server said.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -19,7 +21,7 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, NamedTuple
 
 #: ``iothub serve`` in this interpreter: the server as a process of its own.
 IOTHUB_SERVE = (sys.executable, "-m", "iothub", "serve")
@@ -31,6 +33,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+#: The supervisor's line when a gateway joins a cluster (iothub/cluster/actors.py).
+GATEWAY_JOINED = re.compile(r"(gateway-\d+) \(pid (\d+), private address (http://[\d.:]+)\) joined")
+
+
+class Gateway(NamedTuple):
+    """One gateway of a running server: its process, and the address only it listens on."""
+
+    pid: int
+    address: str
 
 
 class ServerFailed(RuntimeError):
@@ -68,6 +81,27 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
+
+    def status(self) -> dict[str, Any]:
+        """``GET /api/realtime/status``'s data."""
+        with urllib.request.urlopen(self.url + "/api/realtime/status", timeout=5, context=self.ssl_context) as answer:
+            data: dict[str, Any] = json.load(answer)["data"]
+            return data
+
+    def gateways(self, count: int, timeout: float = 60) -> dict[str, Gateway]:
+        """The ``count`` gateways of a cluster that have joined, by name (from the supervisor's log lines):
+        a client connected to a gateway's own address is on that gateway, where the shared port lets the
+        kernel choose. One process is its own single gateway."""
+        if count == 1:
+            return {"gateway-0": Gateway(self.pid, self.url)}
+        deadline = time.monotonic() + timeout
+        while True:
+            joined = {name: Gateway(int(pid), address) for name, pid, address in GATEWAY_JOINED.findall(self.log())}
+            if len(joined) >= count:
+                return joined
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"{count} gateways did not all join within {timeout:g} s: {self.log()[-2000:]}")
+            time.sleep(0.1)
 
     def log(self) -> str:
         """Everything the server has printed so far."""

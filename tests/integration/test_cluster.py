@@ -36,13 +36,18 @@ def on(cluster: RunningServer) -> tuple[str, str]:
     return addresses["gateway-0"], addresses["gateway-1"]
 
 
-async def test_telemetry_alerts_and_device_status_cross_to_a_dashboard_on_the_other_gateway(cluster, on, open_client, imei, email) -> None:
-    here, there = on
-    owner, box = email(), imei()
+async def watched_across(open_client, here: str, there: str, owner: str, box: str):
+    """A dashboard on one gateway subscribed to ``owner``, and ``owner``'s device ``box`` on the other."""
     dashboard = await open_client(here)
     await dashboard.subscribe(owner)
     device = await open_client(there)
     await device.register(box, owner)
+    return owner, dashboard, device, box
+
+
+async def test_telemetry_alerts_and_device_status_cross_to_a_dashboard_on_the_other_gateway(cluster, on, open_client, imei, email) -> None:
+    here, there = on
+    _owner, dashboard, device, box = await watched_across(open_client, here, there, email(), imei())
     await device.telemetry(box, LOW_BATTERY)
     await device.disconnect()
     statuses = await dashboard.wait_count("device_status", 2)
@@ -127,11 +132,7 @@ async def test_every_gateway_answers_for_the_whole_cluster(cluster, on, open_cli
 async def test_what_crosses_is_counted_in_metrics(cluster, on, open_client, http, imei, email) -> None:
     here, there = on
     before = await scrape(http, cluster.url)
-    owner, box = email(), imei()
-    dashboard = await open_client(here)
-    await dashboard.subscribe(owner)
-    device = await open_client(there)
-    await device.register(box, owner)
+    _owner, dashboard, device, box = await watched_across(open_client, here, there, email(), imei())
     for speed in range(5):
         await device.telemetry(box, {"speed": speed})
     await dashboard.wait_count("telemetry_update", 5)

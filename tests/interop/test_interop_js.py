@@ -175,36 +175,21 @@ class JsClient:
         token: str | None = None,
         readings: list[dict[str, Any]] = READINGS,
     ) -> Run:
-        node, folder = self.ready()
         env = self.environment(style, token)
         env["IOTHUB_TELEMETRY"] = json.dumps(readings)
-        try:
-            done = subprocess.run(
-                [node, str(folder / "device.mjs"), url, transport, imei, email],
-                cwd=folder,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=SCRIPT_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired as expired:
-            pytest.fail(f"device.mjs did not end within {SCRIPT_TIMEOUT} s; it printed:\n{_text(expired.stdout)}")
-        return Run(done.returncode, parse_lines(done.stdout), done.stderr)
+        return self.run("device.mjs", [url, transport, imei, email], env)
 
     def fleet(self, url: str, count: int, email: str, first_imei: str) -> Run:
         """fleet.mjs: ``count`` devices and a dashboard, socket.io-client's default options."""
+        return self.run("fleet.mjs", [url, str(count), email, first_imei], self.environment("ack", None))
+
+    def run(self, script: str, args: list[str], env: dict[str, str]) -> Run:
+        """One script to its end (failing the test past SCRIPT_TIMEOUT), its stdout as JSON lines."""
         node, folder = self.ready()
         try:
-            done = subprocess.run(
-                [node, str(folder / "fleet.mjs"), url, str(count), email, first_imei],
-                cwd=folder,
-                env=self.environment("ack", None),
-                capture_output=True,
-                text=True,
-                timeout=SCRIPT_TIMEOUT,
-            )
+            done = subprocess.run([node, str(folder / script), *args], cwd=folder, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
         except subprocess.TimeoutExpired as expired:
-            pytest.fail(f"fleet.mjs did not end within {SCRIPT_TIMEOUT} s; it printed:\n{_text(expired.stdout)}")
+            pytest.fail(f"{script} did not end within {SCRIPT_TIMEOUT} s; it printed:\n{_text(expired.stdout)}")
         return Run(done.returncode, parse_lines(done.stdout), done.stderr)
 
     def dashboard(
@@ -225,9 +210,7 @@ class Dashboard:
     """dashboard.mjs running in the background; its stdout read line by line as it comes."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stderr = self.process.stderr
         assert stderr is not None  # stderr=PIPE
         self.lines: list[dict[str, Any]] = []
@@ -315,7 +298,11 @@ def check_device(run: Run, transport: str, imei: str, email: str, style: str) ->
 
     sent = run.of("sent")
     assert [line["event"] for line in sent] == [
-        "register_device", "telemetry_data", "heartbeat", "telemetry_data", "telemetry_data",
+        "register_device",
+        "telemetry_data",
+        "heartbeat",
+        "telemetry_data",
+        "telemetry_data",
     ], run
     assert sent[0]["payload"] == {"imei": imei, "userEmail": email}
     telemetry = [line["payload"] for line in sent if line["event"] == "telemetry_data"]
@@ -328,7 +315,11 @@ def check_device(run: Run, transport: str, imei: str, email: str, style: str) ->
         # The reply is the acknowledgement's payload, and nothing else is emitted.
         acks = run.acks()
         assert [event for event, _ in acks] == [
-            "register_device", "telemetry_data", "heartbeat", "telemetry_data", "telemetry_data",
+            "register_device",
+            "telemetry_data",
+            "heartbeat",
+            "telemetry_data",
+            "telemetry_data",
         ], run
         assert acks[0][1] == registered(imei)
         assert [payload for event, payload in acks if event == "telemetry_data"] == [TELEMETRY_PROCESSED] * 3
@@ -361,9 +352,7 @@ def check_subscription(run: Run, style: str, expected: dict[str, Any]) -> list[t
     return events[1:]
 
 
-def check_dashboard(
-    run: Run, transport: str, imei: str, email: str, style: str, timestamps: list[int], device: Run
-) -> None:
+def check_dashboard(run: Run, transport: str, imei: str, email: str, style: str, timestamps: list[int], device: Run) -> None:
     """The dashboard got exactly: online, three updates with their alerts, offline."""
     assert run.returncode == 0, f"dashboard.mjs failed:\n{run}"
     assert run.one("connect")["transport"] == transport, run
@@ -405,9 +394,7 @@ def check_dashboard(
     assert "trailerId" in update and update["trailerId"] is None
 
 
-def seed_flow(
-    js: JsClient, url: str, transport: str, imei: str, email: str, style: str, tokens: tuple[str, str] | None = None
-) -> None:
+def seed_flow(js: JsClient, url: str, transport: str, imei: str, email: str, style: str, tokens: tuple[str, str] | None = None) -> None:
     """Dashboard subscribes, device registers, sends, heartbeats and leaves; check both sides."""
     device_token, user_token = tokens or (None, None)
     with js.dashboard(url, transport, email, imei, style=style, token=user_token) as dashboard:
@@ -510,9 +497,7 @@ def test_production_tokens_cover_only_their_own_imei_and_email(js, production, i
     else:
         assert run.received() == [("error", refused["payload"])] and run.acks() == [], run
 
-    with js.dashboard(
-        production.url, transport, email(), style=style, token=production.token(owner, "user")
-    ) as dashboard:
+    with js.dashboard(production.url, transport, email(), style=style, token=production.token(owner, "user")) as dashboard:
         assert dashboard.wait_ready()["success"] is False
         board = dashboard.finish()
     assert board.returncode == 0, board

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ from iothub.loadgen.servers import ServerProcess, free_port
 TEST_SECRET = "test-secret-that-is-long-enough-for-production-0123456789"
 #: Tests open many sockets at once from one address: no per-address limits, unless a test sets its own.
 UNLIMITED_ADDRESSES = {"IOTHUB_MAX_CONNECTIONS_PER_ADDRESS": "0", "IOTHUB_CONNECT_RATE_PER_ADDRESS": "0", "IOTHUB_AUTH_FAILURES_PER_ADDRESS": "0"}
+
 
 def workers_of(topology: str) -> int:
     """The gateways of a test topology: ``process`` is one, ``cluster`` two on a local Ray cluster."""
@@ -34,22 +32,10 @@ class RunningServer(ServerProcess):
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": "Bearer " + self.token("admin@example.com", "admin")}
 
-    def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "/api/realtime/status", timeout=5) as answer:
-            data: dict[str, Any] = json.load(answer)["data"]
-            return data
-
-    def gateway_addresses(self, timeout: float = 30) -> dict[str, str]:
-        """Each live gateway's own address, by name (from the supervisor's log): a client connected
-        there is on that gateway, where the shared port lets the kernel choose."""
-        deadline = time.monotonic() + timeout
-        while True:
-            joined = dict(re.findall(r"(gateway-\d+) \(pid \d+, private address (http://[\d.:]+)\) joined", self.log()))
-            if len(joined) >= sum(gateway["alive"] for gateway in self.status()["gateways"]):
-                return joined
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the gateways' addresses are not in the log: {self.log()[-2000:]}")
-            time.sleep(0.1)
+    def gateway_addresses(self) -> dict[str, str]:
+        """Each live gateway's own address, by name."""
+        live = sum(gateway["alive"] for gateway in self.status()["gateways"])
+        return {name: gateway.address for name, gateway in self.gateways(live, timeout=30).items()}
 
     def wait_for_gateways(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
         """Wait until ``count`` gateways are alive (a cluster answers /health as soon as its first listens)."""
