@@ -9,8 +9,8 @@ restarts it when its process dies, and the new one joins again.
 
 The :class:`SupervisorActor` runs the :class:`~iothub.core.supervisor.Supervisor`
 with the registry's write-behind, the heartbeat sweep, and a watch over the
-gateways: one that does not answer within a second is dropped, its devices
-announced offline. A restarted supervisor starts a new epoch and asks every
+gateways (:mod:`.watch`): one whose process ends, or that stops answering, is
+dropped, its devices announced offline. A restarted supervisor starts a new epoch and asks every
 gateway to join again with its state, so nothing is announced twice.
 """
 
@@ -24,6 +24,7 @@ import socket
 import time
 from typing import Any
 
+import aiohttp
 import ray
 from aiohttp import web
 from ray.actor import ActorHandle
@@ -47,15 +48,15 @@ from ..tls import server_context
 from .forwarding import Forwarder
 from .links import Directive, GatewayMember, Peers, SupervisorClient
 from .relay import RELAY_PATH, Crossings, relay_endpoint
+from .watch import HEARTBEAT_S, WATCH_PATH, watch, watch_endpoint
 
 log = logging.getLogger(__name__)
 
 #: The Ray namespace of a cluster's named actors.
 NAMESPACE = "iothub"
 SUPERVISOR = "supervisor"
-#: How often the supervisor asks each gateway whether it lives, and how long it waits for the answer.
-WATCH_INTERVAL_S = 0.25
-WATCH_TIMEOUT_S = 1.0
+#: How soon the supervisor looks again for a gateway it lost (a new incarnation joins by itself).
+WATCH_RETRY_S = 0.25
 #: A gateway joining a supervisor that Ray is restarting asks again, this often, this long apart.
 REJOIN_ATTEMPTS = 300
 REJOIN_PAUSE_S = 0.1
@@ -96,6 +97,7 @@ class GatewayActor:
         self.hub.gateway.elsewhere = self.forwarder
         app = self.hub.application()
         app.router.add_get(RELAY_PATH, relay_endpoint(self.plane, secret))
+        app.router.add_get(WATCH_PATH, watch_endpoint(secret))
         self.runner = web.AppRunner(app, **SERVER_OPTIONS)
         await self.runner.setup()
         public = web.TCPSite(self.runner, settings.bind_host, settings.port, ssl_context=server_context(settings), reuse_port=True)
@@ -164,9 +166,10 @@ class GatewayActor:
 
 
 class SupervisorActor:
-    async def __init__(self, settings: Settings, gateways: int) -> None:  # type: ignore[misc]  # Ray awaits it in the actor's loop
+    async def __init__(self, settings: Settings, gateways: int, secret: str) -> None:  # type: ignore[misc]  # Ray awaits it in the actor's loop
         logs.configure(settings.log_format, debug=bool(settings.debug))
         self.settings = settings
+        self.secret = secret
         self.store = create_store(settings)
         await self.store.open()
         self.write_behind = WriteBehind(
@@ -178,10 +181,12 @@ class SupervisorActor:
         self.members: dict[str, GatewayMember] = {}
         self._expected = gateways
         self._drops: set[asyncio.Task[None]] = set()
+        #: One watch per gateway, over its latest incarnation.
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=HEARTBEAT_S))
         loop = asyncio.get_running_loop()
         self._chores = [
             loop.create_task(sweep_forever(self.supervisor, settings), name="iothub-heartbeat-sweep"),
-            loop.create_task(self._watch(), name="iothub-gateway-watch"),
             loop.create_task(self._recall(), name="iothub-recall-gateways"),
         ]
 
@@ -194,6 +199,10 @@ class SupervisorActor:
             await self._drop(previous)  # an earlier incarnation, if the watch has not dropped it yet
         member = GatewayMember(name, handle, report, address, self._unreachable)
         self.members[name] = member
+        watching = self._watches.pop(name, None)
+        if watching is not None:
+            watching.cancel()
+        self._watches[name] = asyncio.get_running_loop().create_task(self._watch(member), name=f"iothub-watch-{name}")
         self._publish_peers(joining=name)  # first: routes to the joiner may follow at once
         await self.supervisor.join(name, member, state)
         log.info("%s (pid %d, private address %s) joined with %d devices", name, report.pid, address, len(state.devices))
@@ -218,19 +227,15 @@ class SupervisorActor:
         for name in live:
             self.members[name].stream.push(peers)
 
-    async def _watch(self) -> None:
-        """Drop a gateway that does not answer; ask one that answers again, after a drop, to rejoin."""
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            await asyncio.gather(*(self._check(member) for member in tuple(self.members.values())))
-
-    async def _check(self, member: GatewayMember) -> None:
-        try:
-            await asyncio.wait_for(member.handle.ping.remote(), WATCH_TIMEOUT_S)
-        except (TimeoutError, RayError):
+    async def _watch(self, member: GatewayMember) -> None:
+        """Drop the gateway when its watch socket ends; ask it to rejoin if it answers again after a drop."""
+        while self.members.get(member.name) is member:
+            await watch(self._session, member.address, self.secret, lambda: self._answered(member))
             await self._drop(member)
-            return
-        if self.members.get(member.name) is member and member.name not in self.supervisor.gateways():
+            await asyncio.sleep(WATCH_RETRY_S)
+
+    def _answered(self, member: GatewayMember) -> None:
+        if member.name not in self.supervisor.gateways():
             member.handle.rejoin.remote()  # it was dropped while it lived: it comes back with its state
 
     async def _recall(self) -> None:
@@ -261,9 +266,11 @@ class SupervisorActor:
 
     async def stop(self) -> int:
         """Write the registry's last changes and close the store; return rows lost."""
-        for chore in (*self._chores, *self._drops):
+        chores = (*self._chores, *self._watches.values(), *self._drops)
+        for chore in chores:
             chore.cancel()
-        await asyncio.gather(*self._chores, *self._drops, return_exceptions=True)
+        await asyncio.gather(*chores, return_exceptions=True)
+        await self._session.close()
         for member in self.members.values():
             await member.stream.delivered()
         lost = await self.write_behind.close(self.settings.shutdown_timeout_ms / 1000)

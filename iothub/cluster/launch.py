@@ -53,11 +53,11 @@ def serve_cluster(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    secret = secrets.token_urlsafe(32)  # the gateways' relay endpoints take only each other
+    secret = secrets.token_urlsafe(32)  # the gateways' relay and watch endpoints take only the cluster's actors
     try:
         supervisor_actor: Any = ray.remote(SupervisorActor)
         gateway_actor: Any = ray.remote(GatewayActor)
-        supervisor = supervisor_actor.options(**actor_options(name=SUPERVISOR, num_cpus=0)).remote(settings, settings.workers)
+        supervisor = supervisor_actor.options(**actor_options(name=SUPERVISOR, num_cpus=0)).remote(settings, settings.workers, secret)
         ray.get(supervisor.ready.remote(), timeout=START_TIMEOUT_S)
         gateways = [
             gateway_actor.options(**actor_options(name=f"iothub-{gateway_name(index)}", num_cpus=1, scheduling_strategy="SPREAD")).remote(

@@ -132,12 +132,16 @@ class Crossings:
             await self._client.close()
 
 
+def from_peer(request: web.Request, secret: str) -> bool:
+    """Whether ``request`` carries the cluster's secret: it comes from another of the cluster's actors."""
+    return hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), secret.encode())
+
+
 def relay_endpoint(plane: DataPlane, secret: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The handler of :data:`RELAY_PATH`: batches from another gateway, queued to this one's sockets."""
-    expected = secret.encode()
 
     async def take(request: web.Request) -> web.StreamResponse:
-        if not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), expected):
+        if not from_peer(request, secret):
             raise web.HTTPNotFound()
         socket = web.WebSocketResponse(max_msg_size=0)
         await socket.prepare(request)

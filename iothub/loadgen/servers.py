@@ -82,9 +82,9 @@ class ServerProcess:
     def url(self) -> str:
         return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
-    def status(self) -> dict[str, Any]:
-        """``GET /api/realtime/status``'s data."""
-        with urllib.request.urlopen(self.url + "/api/realtime/status", timeout=5, context=self.ssl_context) as answer:
+    def status(self, at: str | None = None) -> dict[str, Any]:
+        """``GET /api/realtime/status``'s data, from the shared port or ``at`` one gateway's own address."""
+        with urllib.request.urlopen((at or self.url) + "/api/realtime/status", timeout=5, context=self.ssl_context) as answer:
             data: dict[str, Any] = json.load(answer)["data"]
             return data
 

@@ -203,9 +203,11 @@ async def test_a_session_of_no_live_gateway_is_unknown(on, http) -> None:
 
 
 @pytest.mark.parametrize("secret", [None, "guessed"])
-async def test_no_client_can_relay_into_a_gateway(cluster, on, http, secret) -> None:
-    """The gateways' relay WebSocket answers only the cluster's own secret, on the public port as on each private one."""
+@pytest.mark.parametrize("path", ["/cluster/relay", "/cluster/watch"])
+async def test_no_client_can_relay_into_a_gateway(cluster, on, http, secret, path) -> None:
+    """The gateways' relay and watch WebSockets answer only the cluster's own secret, on the public port as on each
+    private one."""
     headers = {} if secret is None else {"X-IoTHub-Cluster-Secret": secret}
     for address in (cluster.url, *on):
-        response = await rest(http, "GET", address + "/cluster/relay", headers=headers)
+        response = await rest(http, "GET", address + path, headers=headers)
         assert response.status == 404 and response.body["code"] == "NOT_FOUND", response.body

@@ -72,11 +72,12 @@ async def fleet(url: str, owner: str, first_imei: int) -> AsyncIterator[list[Dev
             await device.sio.disconnect()
 
 
-def gateway(server: RunningServer, name: str) -> dict[str, Any]:
-    """The gateway's entry in the status; asked again when the request met the gateway being killed."""
+def gateway(server: RunningServer, name: str, at: str | None = None) -> dict[str, Any]:
+    """The gateway's entry in the status (from the shared port, or ``at`` a gateway's own address); asked again when
+    the request met the gateway being killed."""
     for _ in range(20):
         try:
-            return next(entry for entry in server.status()["gateways"] if entry["id"] == name)
+            return next(entry for entry in server.status(at)["gateways"] if entry["id"] == name)
         except OSError:
             time.sleep(0.05)
     raise AssertionError("the status did not answer")
@@ -140,6 +141,45 @@ async def test_a_gateway_killed_under_load_loses_no_acknowledged_message(durable
             assert device.acknowledged, f"{device.imei} got no acknowledgement"
             assert set(device.acknowledged) <= await history(http, server, device.imei), f"{device.imei}: an acknowledged message is missing"
     await dashboard.disconnect()
+
+
+async def test_a_stalled_gateway_is_kept_and_a_hung_one_dropped_until_it_answers_again(tmp_path: Path, email, imei) -> None:
+    """A gateway whose process stops for a second (a busy machine, a long collection) keeps its devices; one stopped
+    past its watch's heartbeat is dropped, its devices offline, and joins again with them once it runs."""
+    server, owner = start_server(tmp_path, workers=2), email()
+    try:
+        addresses = server.gateway_addresses()
+        survivor = addresses["gateway-1"]
+        statuses: list[dict[str, Any]] = []
+        dashboard = socketio.AsyncClient(reconnection=False)
+        dashboard.on("device_status", statuses.append)
+        await dashboard.connect(survivor, transports=["websocket"])
+        await dashboard.call("subscribe_user", {"email": owner})
+        device = socketio.AsyncClient(reconnection=False)
+        await device.connect(addresses["gateway-0"], transports=["websocket"])
+        assert (await device.call("register_device", {"imei": imei(), "userEmail": owner}))["success"]
+        victim = gateway(server, "gateway-0", at=survivor)
+        await until(lambda: [s["status"] for s in statuses] == ["online"])
+
+        os.kill(victim["pid"], signal.SIGSTOP)
+        await asyncio.sleep(1.5)
+        os.kill(victim["pid"], signal.SIGCONT)
+        await asyncio.sleep(1.0)
+        assert gateway(server, "gateway-0", at=survivor)["alive"] and [s["status"] for s in statuses] == ["online"]
+
+        os.kill(victim["pid"], signal.SIGSTOP)
+        try:
+            assert await until(lambda: not gateway(server, "gateway-0", at=survivor)["alive"], timeout=15)
+            assert await until(lambda: [s["status"] for s in statuses] == ["online", "offline"])
+        finally:
+            os.kill(victim["pid"], signal.SIGCONT)
+        back = await until(lambda: (entry := gateway(server, "gateway-0", at=survivor))["alive"] and entry, timeout=15)
+        assert back["pid"] == victim["pid"] and back["devices"] == 1, "the same process, with its device"
+        assert await until(lambda: [s["status"] for s in statuses] == ["online", "offline", "online"])
+        await device.disconnect()
+        await dashboard.disconnect()
+    finally:
+        server.stop()
 
 
 async def test_a_restarted_supervisor_takes_the_gateways_state_back_and_repeats_nothing(tmp_path: Path, http, email, imei) -> None:
