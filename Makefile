@@ -32,7 +32,8 @@ test-image: $(STAMP)
 
 # Micro-benchmarks, then the fleet benchmark: persistence on (iothub, SQLite) against off
 # (iothub:memory) in five alternating rounds, and against the plain baseline; then one process against
-# two gateways on Ray, loaded and lightly loaded (about fifteen minutes).
+# two gateways on Ray, loaded and lightly loaded, and saturated on a CPU budget each (a cgroup: root, or a
+# delegated cgroup v2 subtree) (about twenty minutes).
 bench: $(STAMP)
 	$(BIN)/pytest bench --benchmark-only --benchmark-min-time=0.0005 --benchmark-columns=min,median,mean,ops
 	$(BIN)/iothub bench --scenario burst --server iothub --server iothub:memory --rounds 5
@@ -40,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/iothub bench --scenario fleet --server iothub --server iothub:memory --server baseline
 	$(BIN)/iothub bench cluster --workers 1 --workers 2 --rate 6000 --duration 15 --load-workers 2
 	$(BIN)/iothub bench cluster --workers 1 --workers 2 --rate 2000 --duration 15
+	$(BIN)/iothub bench cluster --workers 1 --workers 2 --cpu-budget 0.3 --window 2 --duration 20 --load-workers 2
 
 # The dashboard page's browser libraries (socket.io-client, Leaflet, uPlot) from npm, at the
 # versions pinned in scripts/vendor.sh, into iothub/http/static/vendor/ with their licences.

@@ -19,10 +19,20 @@ crossed (from ``/metrics``), messages lost, duplicated or out of order; and
 memory: Ray's fixed cost (every process but the gateways) and each gateway's.
 
 On a machine with fewer free cores than gateways plus load, wall-clock
-throughput measures the contention for cores, not the server; the CPU a
-delivered message costs is what decides how many messages N free cores
-carry. The wall-clock figures are printed beside it, for a run with the load
-capped (``--rate``), as the cross-check.
+throughput measures the contention for cores, not the server. Two ways
+around it:
+
+- ``--rate``: the load capped, every configuration delivers what is sent, and
+  the CPU a delivered message costs says how many N free cores would carry.
+  But a process's CPU per message falls as its load rises (its loop's
+  wake-ups, flushes and timers are shared by more messages), so N gateways
+  each carrying 1/N of a fixed rate are compared with a busier process; the
+  "1/N of the load" configuration is printed to show how much.
+- ``--cpu-budget C`` with ``--window``: each configuration's server is held to
+  C cores per gateway (:mod:`.budget`, a cgroup) and saturated; the rest of
+  the machine runs the load. Throughput is then what the budget buys, as on
+  N machines of C cores: ``delivered/s at N ÷ (N × delivered/s at 1)`` is the
+  scaling efficiency in throughput, each gateway as busy as the one process.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ import msgspec
 from iothub.loadgen.fleet import Dashboard, Device, Tally, owner_of, start_all
 from iothub.loadgen.servers import IOTHUB_SERVE, ServerProcess, free_port
 
+from .budget import BudgetUnavailable, CpuBudget
 from .fleet import UNLIMITED_LOAD, _delivered, _drain, _send_rate, _send_window, percentiles, rss_bytes
 from .phases import cpu_seconds
 
@@ -102,11 +113,17 @@ class ClusterResult(msgspec.Struct, kw_only=True):
     gateway_mib: list[float]
     #: CPU µs per delivered message by the kind of process: gateways, supervisor, driver, Ray's.
     cpu_by_role: dict[str, float]
+    #: With ``--cpu-budget``: the cores the server's processes shared, and the share of the window's bandwidth periods
+    #: in which they used that quota up (near 1: the budget, not the load, decided the throughput).
+    budget_cores: float | None = None
+    throttled_share: float = 0.0
     #: CPU per message of one process with the whole load ÷ this configuration's (N > 1).
     scaling_efficiency: float | None = None
     #: CPU per message of one process with 1/N of the load — what each gateway carries — ÷ this
     #: configuration's: the cluster's own cost, with each process as busy as the one it is compared with.
     gateway_efficiency: float | None = None
+    #: With ``--cpu-budget``: delivered/s of this configuration ÷ N × delivered/s of one process, each on its budget.
+    throughput_efficiency: float | None = None
 
 
 def process_tree(root: int) -> list[int]:
@@ -242,7 +259,7 @@ async def run_shards(shards: list[Any], load_workers: int, start_at: float) -> l
     return results
 
 
-async def drive(config: Config, load: Load, server: ServerProcess, load_workers: int) -> ClusterResult:
+async def drive(config: Config, load: Load, server: ServerProcess, load_workers: int, budget: CpuBudget | None) -> ClusterResult:
     gateways = server.gateways(config.workers)
     urls = [gateway.address for _, gateway in sorted(gateways.items())]
     shards = await connect_shards(config, load, urls, load_workers)
@@ -251,10 +268,14 @@ async def drive(config: Config, load: Load, server: ServerProcess, load_workers:
     await asyncio.sleep(max(0.0, start_at - time.time() + load.warmup))
     spread = {entry["id"]: entry["connections"] for entry in server.status()["gateways"]}
     print(f"[{config.label}] connections by gateway: {spread}", flush=True)
+    periods_before = budget.periods() if budget else (0, 0)
     cpu_before, relayed_before, started = tree_cpu(server.pid), relayed(server.url), time.monotonic()
     await asyncio.sleep(load.duration)
     elapsed = time.monotonic() - started
     cpu_after, relayed_after = tree_cpu(server.pid), relayed(server.url)
+    periods_after = budget.periods() if budget else (0, 0)
+    periods = periods_after[0] - periods_before[0]
+    throttled = (periods_after[1] - periods_before[1]) / periods if periods else 0.0
     shards = await run
     acked, delivered = sum(s.acked for s in shards), sum(s.delivered for s in shards)
     gateway_pids = {gateway.pid for gateway in gateways.values()} if config.workers > 1 else set()
@@ -283,25 +304,38 @@ async def drive(config: Config, load: Load, server: ServerProcess, load_workers:
         ray_fixed_mib=round(sum(size for pid, size in rss.items() if pid not in gateway_pids) / 2**20, 1) if gateway_pids else 0.0,
         gateway_mib=[round(rss[pid] / 2**20, 1) for pid in sorted(gateway_pids) if pid in rss] or [round(rss[server.pid] / 2**20, 1)],
         cpu_by_role={role: round(value, 2) for role, value in sorted(by_role.items())},
+        throttled_share=round(throttled, 3),
     )
 
 
-def run_one(config: Config, load: Load, load_workers: int) -> ClusterResult:
+def run_one(config: Config, load: Load, load_workers: int, budget_cores: float | None) -> ClusterResult:
     from iothub.loop import new_event_loop
 
-    with tempfile.TemporaryDirectory(prefix="iothub-bench-") as data:
-        port = free_port()
-        env = {"HOST": "127.0.0.1", **UNLIMITED_LOAD, "IOTHUB_WORKERS": str(config.workers), "IOTHUB_DB_PATH": str(Path(data) / "iothub.db")}
-        env["RAY_ADDRESS"] = ""  # the load's Ray (--load-workers) set it for this process's children: the server has its own
-        server = ServerProcess((*IOTHUB_SERVE, "--port", str(port)), port=port, env=env, ready_timeout=120)
-        try:
-            loop = new_event_loop()
+    command: tuple[str, ...] = IOTHUB_SERVE
+    budget = None
+    if budget_cores:
+        budget = CpuBudget(f"iothub-bench-{os.getpid()}", budget_cores * config.workers)
+        command = budget.command(command)
+    try:
+        with tempfile.TemporaryDirectory(prefix="iothub-bench-") as data:
+            port = free_port()
+            env = {"HOST": "127.0.0.1", **UNLIMITED_LOAD, "IOTHUB_WORKERS": str(config.workers), "IOTHUB_DB_PATH": str(Path(data) / "iothub.db")}
+            env["RAY_ADDRESS"] = ""  # the load's Ray (--load-workers) set it for this process's children: the server has its own
+            server = ServerProcess((*command, "--port", str(port)), port=port, env=env, ready_timeout=180)
             try:
-                return loop.run_until_complete(drive(config, config.load_of(load), server, load_workers))
+                loop = new_event_loop()
+                try:
+                    result = loop.run_until_complete(drive(config, config.load_of(load), server, load_workers, budget))
+                finally:
+                    loop.close()
             finally:
-                loop.close()
-        finally:
-            server.stop(timeout=60)
+                server.stop(timeout=60)
+    finally:
+        if budget is not None:
+            budget.close()
+    if budget is not None:
+        result.budget_cores = budget.cores
+    return result
 
 
 def table(results: list[ClusterResult]) -> str:
@@ -319,6 +353,15 @@ def table(results: list[ClusterResult]) -> str:
             f"{r.duplicated:>4} {r.out_of_order:>4} {r.ray_fixed_mib:>8.0f} {', '.join(f'{m:.0f}' for m in r.gateway_mib):>12}"
         )
     lines.append("")
+    if any(r.budget_cores for r in results):
+        lines.append(
+            "CPU budget (cores; share of periods it was used up; delivered/s ÷ N × one process's): "
+            + "; ".join(
+                f"{r.config}: {r.budget_cores:g}; {r.throttled_share:.2f}"
+                + ("" if r.throughput_efficiency is None else f"; {r.throughput_efficiency:.2f}")
+                for r in results
+            )
+        )
     lines.append(
         "CPU µs per delivered message, by process: "
         + "; ".join(f"{r.config}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_by_role.items()) for r in results)
@@ -338,8 +381,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=default.duration)
     parser.add_argument("--load-workers", type=int, default=0, help="run the load in this many Ray actors (default 0: in this process)")
     parser.add_argument("--ray-address", help="with --load-workers: the Ray cluster to run them on (default: a local one)")
+    parser.add_argument(
+        "--cpu-budget",
+        type=float,
+        metavar="CORES",
+        help="cap each configuration's server at CORES per gateway (a cgroup; root): N gateways share N × CORES, Ray's "
+        "processes included; with --window, compares throughputs as if each gateway had a core of its own",
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
+    if args.cpu_budget is not None:
+        try:
+            CpuBudget(f"iothub-bench-{os.getpid()}", args.cpu_budget).close()  # refused now, not after the first run
+        except (BudgetUnavailable, ValueError) as exc:
+            parser.error(f"--cpu-budget: {exc}")
     if args.load_workers:
         import ray
 
@@ -356,17 +411,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for workers in args.workers or [1, 2]
         for crossing in ((args.crossing or list(CROSSING)) if workers > 1 else ["none"])
     ]
-    if not load.window:
+    if not load.window and not args.cpu_budget:
         shares = sorted({config.workers for config in configs if config.workers > 1})
         configs[1:1] = [Config(1, "none", share) for share in shares]
-    results = [run_one(config, load, args.load_workers) for config in configs]
-    alone = {config.share: result.cpu_us_per_delivered for config, result in zip(configs, results) if config.workers == 1}
+    results = [run_one(config, load, args.load_workers, args.cpu_budget) for config in configs]
+    alone = {config.share: result for config, result in zip(configs, results) if config.workers == 1}
     for config, result in zip(configs, results):
         if config.workers > 1:
             if 1 in alone:
-                result.scaling_efficiency = round(alone[1] / result.cpu_us_per_delivered, 3)
+                result.scaling_efficiency = round(alone[1].cpu_us_per_delivered / result.cpu_us_per_delivered, 3)
+                if args.cpu_budget:
+                    result.throughput_efficiency = round(result.delivered_per_second / (config.workers * alone[1].delivered_per_second), 3)
             if config.workers in alone:
-                result.gateway_efficiency = round(alone[config.workers] / result.cpu_us_per_delivered, 3)
+                result.gateway_efficiency = round(alone[config.workers].cpu_us_per_delivered / result.cpu_us_per_delivered, 3)
     print(table(results))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

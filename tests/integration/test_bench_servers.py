@@ -121,6 +121,27 @@ def test_the_cluster_benchmark_places_its_load_and_measures_every_process(tmp_pa
     assert "connections by gateway" in capsys.readouterr().out
 
 
+def test_a_cpu_budget_holds_the_server_to_its_cores(tmp_path: Path) -> None:
+    """``--cpu-budget``: the server's processes get no more than the budget, and a window of messages in flight
+    uses it up — what makes throughputs comparable as if each configuration had cores of its own."""
+    arguments = ["--workers", "1", "--devices", "40", "--owners", "4", "--window", "2", "--duration", "3", "--cpu-budget", "0.1"]
+    assert main(["bench", "cluster", *arguments, "--out", str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("cluster-*.json")
+    (result,) = json.loads(written.read_text())
+    assert result["budget_cores"] == 0.1
+    assert result["cpu_cores"] <= 0.1 * 1.1, "the quota caps the server's CPU"
+    assert result["throttled_share"] > 0.5, "saturated: the budget, not the load, decided the throughput"
+    assert (result["lost"], result["duplicated"], result["out_of_order"]) == (0, 0, 0)
+    assert not list(Path("/sys/fs/cgroup").rglob("iothub-bench-*")), "the cgroup is removed with its server"
+
+
+@pytest.mark.parametrize("budget", ["0", "-1"])
+def test_a_cpu_budget_of_no_cores_is_refused(budget: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "cluster", "--cpu-budget", budget])
+    assert exited.value.code == 2 and "--cpu-budget: a CPU budget is a positive number of cores" in capsys.readouterr().err
+
+
 async def test_a_spread_source_address_reaches_a_server_on_loopback(in_process) -> None:
     served = await in_process()
     address = source_addresses("127.0.0.1", 2, 1)[1]
