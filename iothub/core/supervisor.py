@@ -388,9 +388,13 @@ class Supervisor:
         return sorted(self._audience)
 
     async def reports(self) -> list[GatewayReport]:
-        """Every gateway's report, those dropped and not back included (not alive), by name."""
-        reports = [await link.report() for link in tuple(self._gateways.values())]
-        return sorted([*reports, *self._lost.values()], key=lambda report: report.name)
+        """Every gateway's report, those dropped and not back included (not alive), by name.
+
+        Both taken as they are now: one that comes back while the live ones answer is still in the dropped ones.
+        """
+        live, lost = tuple(self._gateways.values()), tuple(self._lost.values())
+        reports = [await link.report() for link in live]
+        return sorted([*reports, *lost], key=lambda report: report.name)
 
     async def counts(self) -> Counts:
         connections = devices = 0

@@ -8,13 +8,14 @@ the cluster's batches do — so a test says who received what, on which gateway.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from typing import Any
 
 import msgspec
 
 from iothub.core.alerts import AlertEngine
-from iothub.core.commands import Crossing, GatewayState, Live, Register, SendToDevice, SocketClosed, Subscribe
+from iothub.core.commands import Crossing, GatewayReport, GatewayState, Live, Register, SendToDevice, SocketClosed, Subscribe
 from iothub.core.dataplane import DataPlane
 from iothub.core.protocol import Delivery, DeviceRegistered, TelemetryData, UserSubscribed
 from iothub.core.supervisor import Supervisor
@@ -145,6 +146,36 @@ async def test_a_gateway_dropped_while_it_lived_comes_back_and_its_devices_are_o
     await cluster.supervisor.join("b", cluster.planes["b"], cluster.planes["b"].state())
     statuses = [payload["status"] for event, payload in cluster.received("a", "dashboard") if event == "device_status"]
     assert statuses == ["online", "offline", "online"]
+    assert [(r.name, r.alive) for r in await cluster.supervisor.reports()] == [("a", True), ("b", True)]
+
+
+class SlowToReport:
+    """A gateway's link whose report waits for ``released``: what the status sees while another gateway joins."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.asked = asyncio.Event()
+        self.released = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.plane, name)
+
+    async def report(self) -> GatewayReport:
+        self.asked.set()
+        await self.released.wait()
+        return await self.plane.report()
+
+
+async def test_a_gateway_coming_back_while_the_reports_are_gathered_is_in_them() -> None:
+    cluster = Cluster("a", "b")
+    slow = SlowToReport(cluster.planes["a"])
+    cluster.supervisor.add_gateway("a", slow)
+    await cluster.supervisor.drop("b", await cluster.planes["b"].report())
+    gathering = asyncio.ensure_future(cluster.supervisor.reports())
+    await slow.asked.wait()
+    await cluster.supervisor.join("b", cluster.planes["b"], cluster.planes["b"].state())
+    slow.released.set()
+    assert [(r.name, r.alive) for r in await gathering] == [("a", True), ("b", False)], "as it was when asked"
     assert [(r.name, r.alive) for r in await cluster.supervisor.reports()] == [("a", True), ("b", True)]
 
 
