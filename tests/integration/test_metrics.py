@@ -262,6 +262,25 @@ async def test_every_family_has_its_type(in_process, http):
     assert scraped.value("process_cpu_seconds_total") > 0
 
 
+async def test_the_process_figures_are_read_afresh_at_every_scrape(server_factory, http):
+    """The process's own figures (read in a worker thread, off the event loop) follow what it holds now."""
+    server = server_factory()
+    before = await scrape(http, server.url)
+    endpoint = server.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    sockets = [await http.ws_connect(endpoint) for _ in range(20)]
+    during = await scrape(http, server.url)
+    assert during.value("process_open_fds") >= before.value("process_open_fds") + 20
+    for socket in sockets:
+        await socket.close()
+
+    async def released() -> bool:
+        return (await scrape(http, server.url)).value("process_open_fds") < during.value("process_open_fds") - 10
+
+    assert await until(released)
+    assert during.value("process_max_fds") > 0 and during.value("process_resident_memory_bytes") > 0
+    assert during.value("process_cpu_seconds_total") >= before.value("process_cpu_seconds_total")
+
+
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "metrics-secret", "bearer metrics-secret"])
 async def test_a_metrics_token_keeps_others_out(in_process, http, authorization):
     served = await in_process(IOTHUB_METRICS_TOKEN="metrics-secret")
