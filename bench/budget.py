@@ -66,6 +66,17 @@ class CpuBudget:
         stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
         return int(stat["nr_periods"]), int(stat["nr_throttled"])
 
+    def used_up_since(self, earlier: tuple[int, int]) -> float:
+        """The share of the periods since ``earlier`` (:meth:`periods`) in which the group used its quota up."""
+        periods, used_up = self.periods()
+        return (used_up - earlier[1]) / (periods - earlier[0]) if periods > earlier[0] else 0.0
+
+    def __enter__(self) -> CpuBudget:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self, timeout: float = 15.0) -> None:
         """Removes the group once the last of its processes (Ray's may outlive the server by a moment) has ended."""
         deadline = time.monotonic() + timeout

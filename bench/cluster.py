@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -268,14 +269,12 @@ async def drive(config: Config, load: Load, server: ServerProcess, load_workers:
     await asyncio.sleep(max(0.0, start_at - time.time() + load.warmup))
     spread = {entry["id"]: entry["connections"] for entry in server.status()["gateways"]}
     print(f"[{config.label}] connections by gateway: {spread}", flush=True)
-    periods_before = budget.periods() if budget else (0, 0)
+    periods = budget.periods() if budget else None
     cpu_before, relayed_before, started = tree_cpu(server.pid), relayed(server.url), time.monotonic()
     await asyncio.sleep(load.duration)
     elapsed = time.monotonic() - started
     cpu_after, relayed_after = tree_cpu(server.pid), relayed(server.url)
-    periods_after = budget.periods() if budget else (0, 0)
-    periods = periods_after[0] - periods_before[0]
-    throttled = (periods_after[1] - periods_before[1]) / periods if periods else 0.0
+    throttled = budget.used_up_since(periods) if budget and periods else 0.0
     shards = await run
     acked, delivered = sum(s.acked for s in shards), sum(s.delivered for s in shards)
     gateway_pids = {gateway.pid for gateway in gateways.values()} if config.workers > 1 else set()
@@ -304,6 +303,7 @@ async def drive(config: Config, load: Load, server: ServerProcess, load_workers:
         ray_fixed_mib=round(sum(size for pid, size in rss.items() if pid not in gateway_pids) / 2**20, 1) if gateway_pids else 0.0,
         gateway_mib=[round(rss[pid] / 2**20, 1) for pid in sorted(gateway_pids) if pid in rss] or [round(rss[server.pid] / 2**20, 1)],
         cpu_by_role={role: round(value, 2) for role, value in sorted(by_role.items())},
+        budget_cores=budget.cores if budget else None,
         throttled_share=round(throttled, 3),
     )
 
@@ -311,31 +311,18 @@ async def drive(config: Config, load: Load, server: ServerProcess, load_workers:
 def run_one(config: Config, load: Load, load_workers: int, budget_cores: float | None) -> ClusterResult:
     from iothub.loop import new_event_loop
 
-    command: tuple[str, ...] = IOTHUB_SERVE
-    budget = None
-    if budget_cores:
-        budget = CpuBudget(f"iothub-bench-{os.getpid()}", budget_cores * config.workers)
-        command = budget.command(command)
-    try:
-        with tempfile.TemporaryDirectory(prefix="iothub-bench-") as data:
-            port = free_port()
-            env = {"HOST": "127.0.0.1", **UNLIMITED_LOAD, "IOTHUB_WORKERS": str(config.workers), "IOTHUB_DB_PATH": str(Path(data) / "iothub.db")}
-            env["RAY_ADDRESS"] = ""  # the load's Ray (--load-workers) set it for this process's children: the server has its own
-            server = ServerProcess((*command, "--port", str(port)), port=port, env=env, ready_timeout=180)
-            try:
-                loop = new_event_loop()
-                try:
-                    result = loop.run_until_complete(drive(config, config.load_of(load), server, load_workers, budget))
-                finally:
-                    loop.close()
-            finally:
-                server.stop(timeout=60)
-    finally:
-        if budget is not None:
-            budget.close()
-    if budget is not None:
-        result.budget_cores = budget.cores
-    return result
+    with contextlib.ExitStack() as stack:
+        budget = stack.enter_context(CpuBudget(f"iothub-bench-{os.getpid()}", budget_cores * config.workers)) if budget_cores else None
+        command = budget.command(IOTHUB_SERVE) if budget else IOTHUB_SERVE
+        data = stack.enter_context(tempfile.TemporaryDirectory(prefix="iothub-bench-"))
+        port = free_port()
+        env = {"HOST": "127.0.0.1", **UNLIMITED_LOAD, "IOTHUB_WORKERS": str(config.workers), "IOTHUB_DB_PATH": str(Path(data) / "iothub.db")}
+        env["RAY_ADDRESS"] = ""  # the load's Ray (--load-workers) set it for this process's children: the server has its own
+        server = ServerProcess((*command, "--port", str(port)), port=port, env=env, ready_timeout=180)
+        stack.callback(server.stop, timeout=60)  # before the budget's cgroup goes: exits run last in, first out
+        loop = new_event_loop()
+        stack.callback(loop.close)
+        return loop.run_until_complete(drive(config, config.load_of(load), server, load_workers, budget))
 
 
 def table(results: list[ClusterResult]) -> str:
@@ -392,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cpu_budget is not None:
         try:
-            CpuBudget(f"iothub-bench-{os.getpid()}", args.cpu_budget).close()  # refused now, not after the first run
+            with CpuBudget(f"iothub-bench-{os.getpid()}", args.cpu_budget):  # refused now, not after the first run
+                pass
         except (BudgetUnavailable, ValueError) as exc:
             parser.error(f"--cpu-budget: {exc}")
     if args.load_workers:

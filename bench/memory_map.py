@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from .fleet import UNLIMITED_LOAD
+
 SITE_PACKAGES = "site-packages/"
 
 
@@ -42,7 +44,7 @@ def where(filename: str) -> str:
 
 
 async def measure(devices: int, dashboards: int, lines: int) -> None:
-    os.environ.update({"IOTHUB_STORE": "memory", "IOTHUB_MAX_CONNECTIONS_PER_ADDRESS": "0", "IOTHUB_CONNECT_RATE_PER_ADDRESS": "0"})
+    os.environ.update({"IOTHUB_STORE": "memory", **UNLIMITED_LOAD})
     from iothub.app import SERVER_OPTIONS, Hub
     from iothub.config import Settings
 
