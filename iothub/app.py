@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ MAX_HEADER_BYTES = 128 * 1024
 #: How long a connection refused before its body was read (a 413) may go on sending it before it is
 #: closed (aiohttp's default is 10 s of reading whatever comes).
 LINGER_S = 1.0
-#: aiohttp's server options, the same for ``web.run_app`` (one process) and a gateway actor's runner.
+#: aiohttp's server options, the same for one process (:func:`serve`) and a gateway actor's runner.
 SERVER_OPTIONS: dict[str, Any] = {
     "access_log": None,
     "shutdown_timeout": REQUEST_GRACE_S,
@@ -229,3 +230,38 @@ async def sweep_forever(supervisor: Supervisor, settings: Settings) -> None:
         dropped = await supervisor.sweep()
         if dropped:
             log.info("heartbeat sweep dropped %d silent devices", len(dropped))
+
+
+def serve(hub: Hub, app: web.Application, ssl_context: ssl.SSLContext | None, loop: asyncio.AbstractEventLoop, announce: Callable[[], None]) -> None:
+    """Serve ``app`` on the hub's port until SIGINT or SIGTERM, then shut down in order — aiohttp's
+    ``web.run_app``, with the gateway's door at the listening socket instead of aiohttp's site."""
+    settings = hub.settings
+
+    async def serving() -> None:
+        runner = web.AppRunner(app, handle_signals=True, **SERVER_OPTIONS)
+        await runner.setup()
+        listener: asyncio.Server | None = None
+        try:
+            listener = await hub.gateway.entrance(runner.server).listen(settings.bind_host, settings.port, ssl_context=ssl_context)
+            announce()
+            await asyncio.Event().wait()  # aiohttp's signal handlers raise GracefulExit out of the loop
+        finally:
+            if listener is not None:
+                listener.close()
+            await runner.cleanup()
+
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(serving())
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        main.cancel()
+        loop.run_until_complete(asyncio.gather(main, return_exceptions=True))
+        rest = asyncio.all_tasks(loop)
+        for task in rest:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -7,8 +7,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from . import logs
 from .config import ENVIRONMENT, ConfigError, Settings, flag_of
 from .core.auth import ROLES, Authenticator
@@ -87,7 +85,8 @@ def token(args: argparse.Namespace) -> int:
 
 
 def serve(overrides: dict[str, str | None]) -> int:
-    from .app import SERVER_OPTIONS, Hub
+    from .app import Hub
+    from .app import serve as serve_hub
     from .heap import pace_collector
 
     settings = Settings.load(None, **overrides)
@@ -101,15 +100,7 @@ def serve(overrides: dict[str, str | None]) -> int:
     hub = Hub(settings)
     app = hub.application()
     pace_collector(app)
-    web.run_app(
-        app,
-        host=settings.bind_host,
-        port=settings.port,
-        ssl_context=ssl_context,
-        print=lambda _banner: logs.announce(hub.describe(), settings.log_format),
-        loop=new_event_loop(),
-        **SERVER_OPTIONS,
-    )
+    serve_hub(hub, app, ssl_context, new_event_loop(), lambda: logs.announce(hub.describe(), settings.log_format))
     return 1 if hub.lost else 0  # rows the store never took: say so to whatever restarts the server
 
 

@@ -100,11 +100,14 @@ class GatewayActor:
         app.router.add_get(WATCH_PATH, watch_endpoint(secret))
         self.runner = web.AppRunner(app, **SERVER_OPTIONS)
         await self.runner.setup()
-        public = web.TCPSite(self.runner, settings.bind_host, settings.port, ssl_context=server_context(settings), reuse_port=True)
-        await public.start()
+        entrance = self.hub.gateway.entrance(self.runner.server)
         private_host = settings.bind_host if ipaddress.ip_address(settings.bind_host).is_loopback else ray.util.get_node_ip_address()
         listener = socket.create_server((private_host, 0))
-        await web.SockSite(self.runner, listener).start()
+        #: The public port (shared with the other gateways), and this gateway's own private one.
+        self.listeners = [
+            await entrance.listen(settings.bind_host, settings.port, ssl_context=server_context(settings), reuse_port=True),
+            await entrance.listen(sock=listener),
+        ]
         self.address = f"http://{private_host}:{listener.getsockname()[1]}"
         self._rejoining = asyncio.Lock()
         self._joining = asyncio.get_running_loop().create_task(self.rejoin())  # after __init__: the supervisor calls back
@@ -157,6 +160,8 @@ class GatewayActor:
 
     async def stop(self) -> int:
         """Stop serving: the listeners close, what was taken is written, the sockets close; return rows lost."""
+        for listener in self.listeners:
+            listener.close()
         await self.runner.cleanup()
         if self.crossings is not None:
             await self.crossings.close()

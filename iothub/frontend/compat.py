@@ -1,11 +1,14 @@
-"""Every touch of python-socketio's and python-engineio's private API, fenced in one module.
+"""Every touch of python-socketio's, python-engineio's and aiohttp's private API, fenced in one module.
 
-The front end needs three things the libraries do not offer publicly: its own
-WebSocket loop (:mod:`iothub.frontend.transport`), a plain ``telemetry_data``
-EVENT handed over as text before python-socketio's generic parser sees it,
-and no copy of the handshake's environ kept per socket. Each is an override
-of a private method or a private table, and all of them are here, behind the
-public-named hooks of :class:`SocketIOServer` and :func:`websocket_driver`.
+The front end needs five things the libraries do not offer publicly: its own
+WebSocket connection (:mod:`iothub.frontend.transport`); handshakes read by
+its own door as well as aiohttp's requests; a connection taken from aiohttp
+(:func:`detach`); a plain ``telemetry_data`` EVENT handed over as text before
+python-socketio's generic parser sees it; and no copy of the handshake's
+environ kept per socket. Each is an override of a private method, a private
+table or an undocumented attribute, and all of them are here, behind the
+public-named hooks of :class:`SocketIOServer`, :func:`websocket_driver` and
+:func:`detach`.
 
 Engine.IO's socket and server also have attributes with no leading underscore
 that are not documented API either (the socket's ``queue``, its state flags,
@@ -18,13 +21,13 @@ this module refuses at import to run with versions it was not written for.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
 import socketio
 from aiohttp import web
-from aiohttp.web import WebSocketResponse
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket as EngineSocket
 from engineio.exceptions import EngineIOError
@@ -88,8 +91,12 @@ class SocketIOServer(socketio.AsyncServer):
         self._dropping: dict[str, int] = {}
 
     def use_transport(self, websocket: WebSocketDriver, create_route: Callable[..., None]) -> None:
-        """Serve WebSockets with ``websocket`` and add Engine.IO's routes with ``create_route``."""
-        self.eio._async = {**self.eio._async, "websocket": websocket, "create_route": create_route}
+        """Serve WebSockets with ``websocket`` and add Engine.IO's routes with ``create_route``.
+
+        ``handle_request`` then takes an aiohttp request or, from the door, an
+        environ; the environ of a request has the client's ``REMOTE_ADDR``.
+        """
+        self.eio._async = {**self.eio._async, "websocket": websocket, "create_route": create_route, "translate_request": _environ}
 
     def name_sessions(self, prefix: str) -> None:
         """Start every Engine.IO session id with ``prefix``: in cluster mode it names the gateway that owns the session."""
@@ -154,20 +161,39 @@ class SocketIOServer(socketio.AsyncServer):
 _BINARY_TYPES = (str(sio_packet.BINARY_EVENT), str(sio_packet.BINARY_ACK))
 
 
-def websocket_driver(open_pump: Callable[[EngineSocket, WebSocketResponse, web.Request], None], compress: bool) -> WebSocketDriver:
-    """Engine.IO's aiohttp WebSocket driver, reduced to opening the WebSocket.
+def _environ(request: web.Request | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(request, dict):
+        return request
+    environ: dict[str, Any] = eio_aiohttp.translate_request(request)
+    environ["REMOTE_ADDR"] = request.remote or ""
+    return environ
 
-    Engine.IO calls the driver to run a WebSocket session; this one prepares
-    the response and hands the socket, the WebSocket and the request to
-    ``open_pump``, which leaves the loop for the route's handler to run.
+
+def detach(request: web.BaseRequest) -> asyncio.Transport | None:
+    """Take ``request``'s connection from aiohttp: it forgets the connection, and writes and closes nothing more on it.
+
+    aiohttp offers no way to hand a connection over (its own WebSockets stay
+    behind its request handler). Its handler is told the connection was lost,
+    with the transport out of its hands first, so that it does not close it.
+    """
+    transport, protocol = request.transport, request.protocol
+    if transport is None:
+        return None
+    protocol.transport = None
+    protocol.connection_lost(None)
+    return transport
+
+
+def websocket_driver(open_pump: Callable[[EngineSocket, dict[str, Any]], web.StreamResponse | None]) -> WebSocketDriver:
+    """Engine.IO's WebSocket driver, reduced to handing the socket and the handshake's environ to ``open_pump``.
+
+    Engine.IO calls the driver to run a WebSocket session, and answers the
+    handshake with what it returns: None once the WebSocket is open (the door
+    answered it), else a refusal.
     """
 
     class WebSocket(eio_aiohttp.WebSocket):
-        async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
-            request = environ["aiohttp.request"]
-            ws = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=compress)
-            await ws.prepare(request)
-            open_pump(self.handler.__self__, ws, request)
-            return ws
+        async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse | None:
+            return open_pump(self.handler.__self__, environ)
 
     return WebSocket

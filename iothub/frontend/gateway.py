@@ -57,12 +57,15 @@ from ..core.ratelimit import TokenBucket
 from ..core.records import Commit
 from ..core.supervisor import ControlPlane
 from .compat import BINARY, SocketIOServer
+from .door import Entrance, refusal
 from .packets import EventPacket, ack_text, event_name_of, event_text
-from .transport import BoundedQueue, FramedPacket, Pinger, ReadGate, refusal, refusal_log, routes, websocket_class
+from .transport import BoundedQueue, FramedPacket, Pinger, ReadGate, opening, refusal_log, routes, websocket_class
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
+#: Engine.IO's path: python-socketio's default, where its routes are attached.
+ENGINE_PATH = "/socket.io/"
 #: Room over MAX_PAYLOAD_BYTES that the transport still takes, so that a
 #: payload somewhat too large gets PAYLOAD_TOO_LARGE instead of a dropped socket.
 TRANSPORT_SLACK_BYTES = 1024 * 1024
@@ -153,7 +156,7 @@ class Gateway(SocketIOServer):
             logger=library_logger("socketio.server", "socket.io" in debug or debug == "*"),
             engineio_logger=library_logger("engineio.server", "engine" in debug or debug == "*"),
         )
-        self.use_transport(websocket_class(settings.ws_compression, self), routes(self))
+        self.use_transport(websocket_class(self), routes(self))
         self.settings = settings
         self.authenticator = authenticator
         #: This gateway's counters for ``/metrics`` (shared with its data plane).
@@ -169,6 +172,7 @@ class Gateway(SocketIOServer):
         #: Cluster mode: answers a request for another gateway's session from that gateway (None: not its session).
         self.elsewhere: Callable[[web.Request], Awaitable[web.StreamResponse] | None] | None = None
         self.max_queued_bytes = settings.max_queued_bytes
+        self.compress = settings.ws_compression
         self._sessions: dict[str, Session] = {}
         self._engine_sessions: dict[str, EngineSession] = {}
         #: Closes under way (kept: a task nobody references may be collected).
@@ -226,13 +230,19 @@ class Gateway(SocketIOServer):
 
     # ------------------------------------------------------------------ the transport's guard
 
-    def address_of(self, request: web.BaseRequest) -> str:
-        """The client's address: the peer's, or X-Forwarded-For's when the peer is a trusted proxy."""
-        return client_address(request.remote, request.headers.get("X-Forwarded-For"), self.settings.proxies)
+    def entrance(self, handlers: Callable[[], asyncio.Protocol] | None) -> Entrance:
+        """The door of every connection this gateway accepts: its WebSockets kept, the rest for ``handlers``
+        (aiohttp's: a runner's ``server``, once it is set up)."""
+        assert handlers is not None, "the runner is not set up"
+        return Entrance(handlers, ENGINE_PATH, opening(self, self.eio), self.eio.sockets.__contains__, self.compress)
 
-    def admit(self, request: web.Request) -> web.StreamResponse | None:
-        """Whether a new Engine.IO session may open for this request's address (PROTOCOL.md, "Operations")."""
-        address, now = self.address_of(request), time.monotonic()
+    def address_of(self, peer: str | None, forwarded_for: str | None) -> str:
+        """The client's address: the peer's, or X-Forwarded-For's when the peer is a trusted proxy."""
+        return client_address(peer, forwarded_for, self.settings.proxies)
+
+    def admit(self, address: str) -> web.StreamResponse | None:
+        """Whether a new Engine.IO session may open for ``address`` (PROTOCOL.md, "Operations")."""
+        now = time.monotonic()
         refused = self.limits.admit(address, now)
         if refused is None:
             return None
@@ -254,7 +264,7 @@ class Gateway(SocketIOServer):
 
     def engine_socket_opened(self, socket: AsyncSocket, environ: dict[str, Any]) -> None:
         """Count the session against its address; pings on timers; a deadline for Socket.IO's CONNECT."""
-        address = self.address_of(environ["aiohttp.request"])
+        address = self.address_of(environ["REMOTE_ADDR"], environ.get("HTTP_X_FORWARDED_FOR"))
         self.limits.opened(address)
         if "transport=polling" in environ.get("QUERY_STRING", ""):
             socket.queue = BoundedQueue.replacing(socket, self)

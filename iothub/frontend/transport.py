@@ -1,16 +1,20 @@
-"""The WebSocket pump: Engine.IO over one aiohttp WebSocket, without a task per message or per socket.
+"""The WebSocket pump: Engine.IO over a WebSocket connection of the server's own, without a task per message or per socket.
 
 python-engineio keeps the protocol's state (handshake, sessions, long-polling,
-upgrades); this module replaces only its WebSocket loop, which costs a task and
-a ``wait_for`` per received frame, another task per message, a writer task and
-an ``asyncio.Queue`` per socket, and a ``write`` system call per frame.
+upgrades); this module replaces its WebSocket loop, which costs a task and a
+``wait_for`` per received frame, another task per message, a writer task and
+an ``asyncio.Queue`` per socket, and a ``write`` system call per frame — and
+aiohttp's WebSocket under it, which keeps a request handler's task and its
+chain of coroutines for the socket's life.
 
-Here the socket's one reader loop hands each message straight to Socket.IO.
-Once the pump owns a socket it *is* that socket's queue: what Engine.IO or the
-gateway puts on it is framed at once and the socket's frames go out in one
-``write`` at the end of the loop iteration. The :class:`Pinger` sends every
-socket's pings from a timer, not a task. A socket costs a few objects, not a
-few tasks: that is what keeps thousands of idle devices cheap (README,
+The :class:`~iothub.frontend.door.Door` gives a WebSocket handshake's
+connection to a :class:`Pump`, the connection's protocol from then on: the
+client's frames are parsed as they arrive and each message handed straight
+to Socket.IO. The pump *is* the socket's queue: what Engine.IO or the gateway
+puts on it is framed at once and the socket's frames go out in one ``write``
+at the end of the loop iteration. The :class:`Pinger` sends every socket's
+pings from a timer, not a task. A socket costs a few objects, not a few
+tasks: that is what keeps thousands of idle devices cheap (README,
 Performance).
 """
 
@@ -18,31 +22,31 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import logging
-import struct
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
 
-from aiohttp import WSMsgType, web
-from aiohttp.web import WebSocketResponse
+from aiohttp import web
 from engineio import packet as eio_packet
 from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
 from ..core.errors import ErrorCode
 from ..core.metrics import Counters
-from ..core.protocol import ErrorEnvelope, encode
 from ..core.ratelimit import RateLimitedLog
-from .compat import WebSocketDriver, websocket_driver
+from .compat import WebSocketDriver, detach, websocket_driver
+from .door import DOOR, Door, hand_to, refusal
+from .websocket import Close, DeflateParameters, Deflater, FrameReader, Handshake, Message, Opcode, WebSocketError, close_frame, frame, handshake
 
 log = logging.getLogger(__name__)
 #: Protocol errors and cut-off sockets, one line each, at most a few a second whatever a client sends.
 refusal_log = RateLimitedLog(log)
 
-_TEXT = 0x81
-_BINARY = 0x82
+#: How long a WebSocket this server closes waits for the client's CLOSE before the connection is cut.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class FramedPacket(eio_packet.Packet):
@@ -52,49 +56,46 @@ class FramedPacket(eio_packet.Packet):
 
     def frame(self) -> bytes:
         if self._frame is None:
-            self._frame = frame(self.encode())
+            self._frame = frame_encoded(self.encode())
         return self._frame
 
 
-def frame(encoded: str | bytes) -> bytes:
-    """A server-to-client WebSocket frame (final, unmasked, uncompressed)."""
-    opcode, payload = (_TEXT, encoded.encode()) if isinstance(encoded, str) else (_BINARY, encoded)
-    length = len(payload)
-    if length < 126:
-        return bytes((opcode, length)) + payload
-    if length < 65536:
-        return struct.pack("!BBH", opcode, 126, length) + payload
-    return struct.pack("!BBQ", opcode, 127, length) + payload
+def frame_encoded(encoded: str | bytes) -> bytes:
+    """The frame of an encoded Engine.IO packet: a text frame, or a binary one for bytes."""
+    if isinstance(encoded, str):
+        return frame(encoded.encode(), Opcode.TEXT)
+    return frame(encoded, Opcode.BINARY)
 
 
 def frame_size(encoded: str | bytes) -> int:
-    """The bytes of :func:`frame`'s frame of ``encoded``, without building it."""
+    """The bytes of :func:`frame_encoded`'s frame of ``encoded``, without building it."""
     size = len(encoded) if isinstance(encoded, bytes) or encoded.isascii() else len(encoded.encode())
     return size + (2 if size < 126 else 4 if size < 65536 else 10)
 
 
 def frame_of(packet: eio_packet.Packet) -> bytes:
-    return packet.frame() if isinstance(packet, FramedPacket) else frame(packet.encode())
-
+    return packet.frame() if isinstance(packet, FramedPacket) else frame_encoded(packet.encode())
 
 
 class ReadGate:
     """Whether the server reads from its sockets now.
 
     Closed while the write-behind is too far behind (``IOTHUB_MAX_BACKLOG_AGE_MS``):
-    no socket is read — a WebSocket's pump waits, a polling POST waits — so the
+    no socket is read — a WebSocket's pump stops reading, a polling POST waits — so the
     clients' TCP windows fill and they slow down, and what an acknowledgement
     promises stays within a bounded loss window. Ping timeouts wait too: a
     socket the server does not read cannot be judged silent.
     """
 
-    __slots__ = ("paused", "resumed_at", "_opened")
+    __slots__ = ("paused", "resumed_at", "_opened", "_waiting")
 
     def __init__(self) -> None:
         self.paused = False
         #: When reading last resumed (``time.monotonic()``).
         self.resumed_at = float("-inf")
         self._opened: asyncio.Event | None = None
+        #: What to call when reading resumes: the pumps that stopped reading.
+        self._waiting: list[Callable[[], None]] = []
 
     def pause(self) -> None:
         self.paused = True
@@ -109,6 +110,13 @@ class ReadGate:
         if self._opened is not None:
             self._opened.set()
             self._opened = None
+        waiting, self._waiting = self._waiting, []
+        for resume in waiting:
+            resume()
+
+    def on_resume(self, resume: Callable[[], None]) -> None:
+        """Call ``resume`` once reading resumes."""
+        self._waiting.append(resume)
 
     async def wait(self) -> None:
         while self.paused:
@@ -125,9 +133,15 @@ class Guard(Protocol):
     max_queued_bytes: int
     #: The gateway's counters: bytes in and out, refusals.
     counters: Counters
+    #: Whether WebSockets are offered permessage-deflate.
+    compress: bool
 
-    def admit(self, request: web.Request) -> web.StreamResponse | None:
-        """None when a new Engine.IO session may open; else the refusal to answer with."""
+    def address_of(self, peer: str | None, forwarded_for: str | None) -> str:
+        """The client's address, given the peer's and the request's ``X-Forwarded-For``."""
+        ...
+
+    def admit(self, address: str) -> web.StreamResponse | None:
+        """None when a new Engine.IO session may open for ``address``; else the refusal to answer with."""
         ...
 
     def too_slow(self, socket: AsyncSocket) -> None:
@@ -140,26 +154,48 @@ class Guard(Protocol):
         ...
 
 
-def refusal(status: int, code: ErrorCode, message: str) -> web.Response:
-    """PROTOCOL.md's envelope, for a request the transport refuses; the connection closes after it."""
-    response = web.Response(body=encode(ErrorEnvelope(message, code)), status=status, content_type="application/json")
-    response.force_close()
-    return response
+def websocket_class(guard: Guard) -> WebSocketDriver:
+    """Engine.IO's WebSocket driver: the handshake's connection becomes a :class:`Pump`.
 
-
-def websocket_class(compress: bool, guard: Guard) -> WebSocketDriver:
-    """Engine.IO's WebSocket driver with this module's pump, compression on or off.
-
-    The driver only opens the WebSocket and leaves the pump on the request: the
-    pump runs in the route's handler (:func:`routes`) once Engine.IO's
-    handshake frames have returned, so that they and their locals are not kept
-    for the socket's life.
+    Most handshakes come through the :class:`~iothub.frontend.door.Door`. One
+    that aiohttp read (a later request on a kept-alive connection, as the
+    Python client sends its upgrade) was checked by the route (:func:`routes`):
+    aiohttp is told the connection is gone — it forgets it, and writes nothing
+    more — and the pump takes it over all the same.
     """
 
-    def open_pump(socket: AsyncSocket, ws: WebSocketResponse, request: web.Request) -> None:
-        request[PUMP] = Pump(socket, ws, request, compress, guard)
+    def open_pump(socket: AsyncSocket, environ: dict[str, Any]) -> web.StreamResponse | None:
+        def make(transport: asyncio.Transport, deflate: DeflateParameters | None) -> Pump:
+            return Pump(socket, transport, deflate, guard)
 
-    return websocket_driver(open_pump, compress)
+        door = environ.get(DOOR)
+        if isinstance(door, Door):
+            door.take(make)
+            return None
+        request: web.Request = environ["aiohttp.request"]
+        accepted = request.get(HANDSHAKE)
+        if accepted is None:
+            return refusal(400, ErrorCode.INVALID_PAYLOAD, "not a WebSocket handshake")
+        transport = detach(request)
+        if transport is not None:
+            hand_to(transport, accepted, make)
+        return None
+
+    return websocket_driver(open_pump)
+
+
+def opening(guard: Guard, server: AsyncServer) -> Callable[[dict[str, Any]], Awaitable[web.StreamResponse | None]]:
+    """How the door opens a WebSocket session: a new one admitted first (per-address limits), then Engine.IO's handshake."""
+
+    async def open_session(environ: dict[str, Any]) -> web.StreamResponse | None:
+        if "sid=" not in environ["QUERY_STRING"]:
+            refused = guard.admit(guard.address_of(environ["REMOTE_ADDR"], environ.get("HTTP_X_FORWARDED_FOR")))
+            if refused is not None:
+                return refused
+        response: web.StreamResponse | None = await server.handle_request(environ)
+        return response
+
+    return open_session
 
 
 def masked_frame_size(payload: int) -> int:
@@ -170,25 +206,29 @@ def masked_frame_size(payload: int) -> int:
 def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
     """Engine.IO's routes, as python-engineio's ``create_route`` adds them, with the front end's guard.
 
-    A request that would open a session is admitted first (per-address
-    limits). A POST longer than the largest payload is answered 413 at once,
-    before its body is read, and its connection closed. A GET that opened a
-    WebSocket then runs its pump here.
+    These serve long-polling and another gateway's sessions; WebSockets are
+    the door's. A request that would open a session is admitted first
+    (per-address limits). A POST longer than the largest payload is answered
+    413 at once, before its body is read, and its connection closed.
     """
 
     def create_route(app: web.Application, server: AsyncServer, endpoint: str) -> None:
         async def get(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                try:
+                    request[HANDSHAKE] = handshake({name.lower(): value for name, value in request.headers.items()}, compress=guard.compress)
+                except ValueError as exc:
+                    return refusal(400, ErrorCode.INVALID_PAYLOAD, str(exc))
             if "sid" not in request.query:
-                refused = guard.admit(request)
+                refused = guard.admit(guard.address_of(request.remote, request.headers.get("X-Forwarded-For")))
                 if refused is not None:
                     return refused
             elif (elsewhere := guard.forwarded(request)) is not None:
                 return await elsewhere
             response = await server.handle_request(request)
-            pump = request.pop(PUMP, None)  # the request keeps no pump: the WebSocket refers to the request
-            if pump is not None:
-                await pump.run()
-            elif isinstance(response, web.Response) and isinstance(response.body, bytes):
+            if response is None:  # the connection is a pump's now: aiohttp writes nothing to it
+                return web.Response(status=101)
+            if isinstance(response, web.Response) and isinstance(response.body, bytes):
                 guard.counters.bytes_out += len(response.body)
             return response
 
@@ -215,6 +255,10 @@ def routes(guard: Guard) -> Callable[[web.Application, AsyncServer, str], None]:
     return create_route
 
 
+#: The route's check of a WebSocket handshake aiohttp read, for the driver.
+HANDSHAKE = web.RequestKey("iothub.handshake", Handshake)
+
+
 class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
     """A polling socket's queue that counts the bytes it holds and calls for a cut-off past its limit.
 
@@ -224,7 +268,7 @@ class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
 
     def __init__(self, socket: AsyncSocket, guard: Guard) -> None:
         super().__init__()
-        #: Weak: the socket holds its queue, and a cycle would outlive the session (see :meth:`Pump._let_go`).
+        #: Weak: the socket holds its queue, and a cycle would outlive the session (see :meth:`Pump._finish`).
         self.socket = weakref.ref(socket)
         self.guard = guard
         self.size = 0
@@ -259,8 +303,26 @@ class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
         return item
 
 
-class Pump:
-    """Moves one Engine.IO socket's packets over its WebSocket, both ways.
+class _State(enum.Enum):
+    #: A long-polling session's upgrade: waiting for the client's ``2probe``.
+    PROBE = enum.auto()
+    #: Waiting for the client's ``5`` (upgrade).
+    UPGRADE = enum.auto()
+    OPEN = enum.auto()
+    #: A CLOSE packet is queued: it goes out at the end of the iteration, then this side's WebSocket CLOSE.
+    CLOSING_SOON = enum.auto()
+    #: This side's WebSocket CLOSE is sent.
+    CLOSING = enum.auto()
+
+
+class Pump(asyncio.Protocol):
+    """One Engine.IO socket's WebSocket connection, both ways, as the connection's protocol: no task, no coroutine.
+
+    The client's frames are read as they arrive (:class:`~iothub.frontend.websocket.FrameReader`)
+    and each message handed to Socket.IO in order. A handler almost always
+    finishes without waiting; one that waits (a registration asks the
+    supervisor) finishes in a task, and the connection is not read until it has
+    — so a socket's events are handled one after another, as they came.
 
     While it runs it stands in for the socket's queue: ``put``, ``put_nowait``
     and ``join`` are all that Engine.IO and the gateway use of a WebSocket
@@ -268,63 +330,180 @@ class Pump:
     """
 
     __slots__ = (
-        "socket", "server", "ws", "transport", "compress", "guard", "counters", "_loop", "_pending", "_closing", "_closer", "_sent", "_unsent",
+        "socket", "server", "transport", "guard", "counters", "reader", "deflater", "_loop", "_state", "_pending", "_held",
+        "_busy", "_finishing", "_closer", "_on_message",
     )  # fmt: skip
 
-    def __init__(self, socket: AsyncSocket, ws: WebSocketResponse, request: Any, compress: bool, guard: Guard) -> None:
+    def __init__(self, socket: AsyncSocket, transport: asyncio.Transport, deflate: DeflateParameters | None, guard: Guard) -> None:
         self.socket = socket
         self.server = socket.server
-        self.ws = ws
-        self.transport = request.transport
-        self.compress = compress
+        self.transport: asyncio.Transport | None = transport
         self.guard = guard
         #: Bytes in and out: frames as they cross the wire (headers included, before compression).
         self.counters = guard.counters
+        self.reader = FrameReader(self.server.max_http_buffer_size, deflate)
+        self.deflater = Deflater(deflate) if deflate is not None else None
         self._loop = asyncio.get_running_loop()
-        #: Frames (or, compressed, texts) waiting for the end of this loop iteration.
-        self._pending: list[Any] = []
-        #: Whether a CLOSE packet was put: nothing goes out after it, and the WebSocket closes.
-        self._closing = False
-        #: The WebSocket's closing handshake, once started (kept: a task nobody references may be collected).
-        self._closer: asyncio.Future[None] | None = None
-        self._sent: asyncio.Future[None] | None = None
-        #: Compressed: the bytes of texts handed to aiohttp's sends and not yet sent.
-        self._unsent = 0
-
-    async def run(self) -> None:
-        socket = self.socket
-        if socket.connected:
-            if not await self._upgrade():
-                return
+        self._on_message = self.server.handlers["message"]
+        #: Messages read while a handler waited, or while the read gate was closed: at most one read's worth.
+        self._held: list[Message] = []
+        #: The handler that is waiting, if one is.
+        self._busy: asyncio.Future[None] | None = None
+        #: Frames waiting for the end of this loop iteration.
+        self._pending: list[bytes] = []
+        #: The end of the session once the connection is gone, when it waits (kept: a task nobody references
+        #: may be collected).
+        self._finishing: asyncio.Future[None] | None = None
+        #: The close handshake's deadline, once this side sent its CLOSE.
+        self._closer: asyncio.TimerHandle | None = None
+        if socket.connected:  # a long-polling session upgrading: Engine.IO's probe exchange first
+            socket.upgrading = True
+            self._state = _State.PROBE
         else:
-            socket.connected = True
-            socket.upgraded = True
-        self._take_over_queue()
+            socket.connected = socket.upgraded = True
+            self._state = _State.OPEN
+            self._take_over_queue()
+
+    # ------------------------------------------------------------------ the client's side
+
+    def data_received(self, data: bytes) -> None:
         try:
-            await self._read()
-        finally:
+            messages = self.reader.feed(data)
+        except WebSocketError as error:
+            refusal_log.warning("socket %s: %s, closed", self.socket.sid, error.reason)
+            self.counters.refusals["protocol_error"] += 1
+            self._close(error.code)
+            return
+        if self._busy is not None or self._held or self.guard.gate.paused:
+            self._held.extend(messages)
+            self._hold()
+            return
+        for position, message in enumerate(messages):
+            self._take(message)
+            if self._busy is not None and position + 1 < len(messages):
+                self._held.extend(messages[position + 1 :])
+                self._hold()
+                return
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        self._held.clear()
+        try:
+            self._finishing = run_eagerly(self._finish())
+        except Exception:
+            log.exception("socket %s: closing its session failed", self.socket.sid)
+
+    def _hold(self) -> None:
+        """Read no more until the handler that waits has finished and the read gate is open."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self.guard.gate.paused:
+            self.guard.gate.on_resume(self._release)
+
+    def _release(self) -> None:
+        """Handle what was held, in order, then read again."""
+        held = self._held
+        while held and self._busy is None and not self.guard.gate.paused and self.transport is not None:
+            self._take(held.pop(0))
+        if self._busy is None and self.transport is not None:
+            if self.guard.gate.paused:
+                self.guard.gate.on_resume(self._release)
+            else:
+                self.transport.resume_reading()
+
+    def _take(self, message: Message) -> None:
+        opcode = message.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self._message(message.data)
+        elif opcode is Opcode.PING and isinstance(message.data, bytes):
+            self._write(frame(message.data, Opcode.PONG))
+        elif opcode is Opcode.CLOSE:
+            self._close(Close.NORMAL, answering=True)
+
+    def _message(self, data: str | bytes) -> None:
+        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())  # isascii is a flag: O(1)
+        self.counters.bytes_in += masked_frame_size(size)
+        state, socket = self._state, self.socket
+        if state is _State.OPEN:
             try:
-                self._flush()
-                await socket.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-                self.server.sockets.pop(socket.sid, None)
-                if self._sent is not None:
-                    await self._sent
-                await self.ws.close()
-            finally:  # even cancelled (aiohttp cancels the handler of a connection that is lost)
-                self._let_go()
+                if data[:1] == "4":
+                    handled = self._on_message(socket.sid, data[1:])
+                elif isinstance(data, bytes):  # a binary message: an attachment, in order
+                    handled = self._on_message(socket.sid, data)
+                else:
+                    handled = socket.receive(eio_packet.Packet(encoded_packet=data))
+                self._busy = run_eagerly(handled)
+            except Exception as exc:  # the libraries' parsers raise all sorts on malformed input
+                self._protocol_error(exc)
+                return
+            if self._busy is not None:
+                self._busy.add_done_callback(self._handled)
+            elif socket.closed:
+                self._close(Close.NORMAL)
+        elif state is _State.PROBE and data == "2probe":
+            self._write(frame(b"3probe"))
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            self._state = _State.UPGRADE
+        elif state is _State.UPGRADE and data == "5":
+            socket.upgraded, socket.upgrading = True, False
+            self._state = _State.OPEN
+            self._take_over_queue()
+        elif state is _State.PROBE or state is _State.UPGRADE:
+            socket.upgrading = False
+            self._close(Close.PROTOCOL_ERROR)
 
-    def _let_go(self) -> None:
-        """Leave no reference cycle behind, so that reference counting frees the connection the moment it ends.
+    def _handled(self, handled: asyncio.Future[None]) -> None:
+        self._busy = None
+        error = None if handled.cancelled() else handled.exception()
+        if error is not None:
+            self._protocol_error(error)
+        elif self.socket.closed:
+            self._close(Close.NORMAL)
+        else:
+            self._release()
 
-        A cycle would wait for a full collection, and one frozen (:mod:`iothub.heap`) would never be freed:
-        the socket and its queue (this pump) refer to each other, and a close that found the peer gone keeps
-        its error on the WebSocket, whose traceback's frames (and those of the cancellation it was raised
-        during, as they unwind) refer to the WebSocket.
-        """
-        self.socket.queue = GONE
-        error = self.ws.exception()
-        if error is not None:  # kept bare: no traceback (its frames), no error it was raised while handling (theirs)
-            error.__traceback__ = error.__context__ = error.__cause__ = None
+    def _protocol_error(self, exc: BaseException) -> None:
+        self.counters.refusals["protocol_error"] += 1
+        refusal_log.warning("socket %s: protocol error, closed: %s", self.socket.sid, _one_line(exc))
+        self._close(Close.PROTOCOL_ERROR)
+
+    async def _finish(self) -> None:
+        """The connection is gone: the session ends with it."""
+        try:
+            await self.socket.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            self.server.sockets.pop(self.socket.sid, None)
+        finally:
+            self.socket.queue = GONE  # the socket and this pump referred to each other
+
+    # ------------------------------------------------------------------ the socket's queue
+
+    def put_nowait(self, packet: eio_packet.Packet | None) -> None:
+        """Frame the packet now; the socket's frames are written together at the end of the iteration."""
+        if packet is None or self._state is _State.CLOSING or self.transport is None:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        if self.deflater is None:
+            self._pending.append(frame_of(packet))
+        else:
+            encoded = packet.encode()
+            self.counters.bytes_out += frame_size(encoded)
+            binary = isinstance(encoded, bytes)
+            self._pending.append(self.deflater.frame(encoded if binary else encoded.encode(), Opcode.BINARY if binary else Opcode.TEXT))
+        if packet.packet_type == eio_packet.CLOSE:
+            self._state = _State.CLOSING_SOON
+
+    async def put(self, packet: eio_packet.Packet | None) -> None:
+        self.put_nowait(packet)
+
+    async def join(self) -> None:
+        """Everything put is on its way already."""
 
     def _take_over_queue(self) -> None:
         """Become the socket's queue; what Engine.IO queued before goes out first."""
@@ -335,118 +514,45 @@ class Pump:
                 self.put_nowait(packet)
         queued.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # a poll still held gets its answer
 
-    async def _upgrade(self) -> bool:
-        """Engine.IO's probe exchange that moves a long-polling socket onto this WebSocket."""
-        socket = self.socket
-        socket.upgrading = True
-        try:
-            probe = await self.ws.receive()
-            if probe.type != WSMsgType.TEXT or probe.data != "2probe":
-                return False
-            await self.ws.send_str("3probe")
-            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
-            upgrade = await self.ws.receive()
-            if upgrade.type != WSMsgType.TEXT or upgrade.data != "5":
-                return False
-            socket.upgraded = True
-            return True
-        finally:
-            socket.upgrading = False
-
-    async def _read(self) -> None:
-        """Hand each message to Socket.IO, in order; a frame that does not parse ends the socket."""
-        socket = self.socket
-        sid = socket.sid
-        on_message = self.server.handlers["message"]
-        limit = self.server.max_http_buffer_size
-        receive = self.ws.receive
-        gate = self.guard.gate
-        counters = self.counters
-        while True:
-            if gate.paused:
-                await gate.wait()
-            message = await receive()
-            if message.type is WSMsgType.TEXT:
-                data = message.data
-                size = len(data) if data.isascii() else len(data.encode())  # isascii is a flag: O(1)
-            elif message.type is WSMsgType.BINARY:
-                data = message.data
-                size = len(data)
-            else:
-                return
-            counters.bytes_in += masked_frame_size(size)
-            if len(data) > limit:
-                return
-            try:
-                if data[:1] == "4":
-                    await on_message(sid, data[1:])
-                elif isinstance(data, bytes):  # a binary message: an attachment, in order, not in a task of its own
-                    await on_message(sid, data)
-                else:
-                    await socket.receive(eio_packet.Packet(encoded_packet=data))
-            except Exception as exc:  # the libraries' parsers raise all sorts on malformed input
-                counters.refusals["protocol_error"] += 1
-                refusal_log.warning("socket %s: protocol error, closed: %s", sid, _one_line(exc))
-                return
-            if socket.closed:
-                return
-
-    # ------------------------------------------------------------------ the socket's queue
-
-    def put_nowait(self, packet: eio_packet.Packet | None) -> None:
-        """Frame the packet now; the socket's frames are written together at the end of the iteration."""
-        if packet is None or self._closing:
-            return
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(packet.encode() if self.compress else frame_of(packet))
-        if packet.packet_type == eio_packet.CLOSE:
-            self._closing = True
-
-    async def put(self, packet: eio_packet.Packet | None) -> None:
-        self.put_nowait(packet)
-
-    async def join(self) -> None:
-        """Everything put is on its way already."""
-
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         transport = self.transport
         if pending and transport is not None and not transport.is_closing():
             # What was still queued before this turn's frames: one turn's frames always go, however large.
-            if self.compress:
-                queued = self._unsent
-                self._unsent += sum(map(len, pending))
-                self.counters.bytes_out += sum(frame_size(text) for text in pending)
-                self._sent = asyncio.ensure_future(self._send_compressed(self._sent, pending))
-            else:
-                queued = transport.get_write_buffer_size()
-                frames = b"".join(pending)
+            queued = transport.get_write_buffer_size()
+            frames = b"".join(pending)
+            if self.deflater is None:
                 self.counters.bytes_out += len(frames)
-                transport.write(frames)
+            transport.write(frames)
             if queued > self.guard.max_queued_bytes:
                 self.guard.too_slow(self.socket)
                 transport.abort()
-        if self._closing and self._closer is None:
-            self._closer = asyncio.ensure_future(self._close_ws())
+                return
+        if self._state is _State.CLOSING_SOON:
+            self._close(Close.NORMAL)
 
-    async def _close_ws(self) -> None:
-        await self.ws.close()
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
-    async def _send_compressed(self, previous: asyncio.Future[None] | None, texts: list[Any]) -> None:
-        """aiohttp compresses as it sends: one send after another, in order."""
-        if previous is not None:
-            await previous
-        try:
-            for text in texts:
-                await (self.ws.send_str(text) if isinstance(text, str) else self.ws.send_bytes(text))
-                self._unsent -= len(text)
-        except (ConnectionError, RuntimeError):
-            pass
+    def _close(self, code: Close, *, answering: bool = False) -> None:
+        """Send this side's CLOSE; the connection ends when the client answers it, or after CLOSE_TIMEOUT_S.
 
-
-#: Where the WebSocket driver leaves a socket's pump for the route's handler to run.
-PUMP = web.RequestKey("iothub.pump", Pump)
+        ``answering``: the client sent its CLOSE first, and this is the answer: the connection ends now.
+        """
+        if self._state is _State.CLOSING and not answering:
+            return
+        if self._state is not _State.CLOSING:
+            self._write(close_frame(code))
+        self._state = _State.CLOSING
+        self._held.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        if answering:
+            transport.close()
+        elif self._closer is None:
+            self._closer = self._loop.call_later(CLOSE_TIMEOUT_S, transport.close)
 
 
 class _Gone:
@@ -525,6 +631,51 @@ class Pinger:
         if not socket.closing and not socket.closed:
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
             self._closer = asyncio.ensure_future(socket.close(wait=False, abort=True, reason=socket.server.reason.PING_TIMEOUT))
+
+
+def run_eagerly(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
+    """Run ``coroutine`` now, up to its first wait: None when it finished, else the task that finishes it.
+
+    Almost every event's handler finishes without waiting; a task for each
+    would cost more than the handler (Python 3.12's eager tasks do the same).
+    Its first step runs outside any task: it must not ask for the current task.
+    An error of the first step is raised here.
+    """
+    try:
+        waiting = coroutine.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_rest(_Resumed(coroutine, waiting)))
+
+
+class _Resumed:
+    """A coroutine already started, awaitable from where it waits: its task's steps go on where the first left off."""
+
+    __slots__ = ("coroutine", "waiting")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self.coroutine = coroutine
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, waiting = self.coroutine, self.waiting
+        while True:
+            try:
+                sent = yield waiting
+            except BaseException as exc:  # the task's cancellation, or a future's error: the coroutine's to handle
+                try:
+                    waiting = coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    waiting = coroutine.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _rest(resumed: _Resumed) -> Any:
+    return await resumed
 
 
 def _one_line(exc: BaseException) -> str:

@@ -41,13 +41,14 @@ def test_the_overridden_private_methods_keep_their_signatures(method: str, param
 async def test_the_private_tables_are_where_compat_reads_and_writes_them() -> None:
     server = socketio.AsyncServer(async_mode="aiohttp")
     assert isinstance(server._binary_packet, dict)
-    assert {"websocket", "create_route"} <= set(server.eio._async)
+    assert {"websocket", "create_route", "translate_request"} <= set(server.eio._async)
     assert list(inspect.signature(server.eio._async["create_route"]).parameters) == ["app", "engineio_server", "engineio_endpoint"]
+    assert list(inspect.signature(server.eio._async["translate_request"]).parameters) == ["request"]
 
 
 def test_the_websocket_driver_is_built_with_its_handler_and_server() -> None:
     assert list(inspect.signature(eio_aiohttp.WebSocket.__init__).parameters) == ["self", "handler", "server"]
-    driver = compat.websocket_driver(lambda socket, ws, request: None, compress=False)
+    driver = compat.websocket_driver(lambda socket, environ: None)
     handler, server = object(), object()
     instance = driver(handler, server)
     assert (instance.handler, instance.server) == (handler, server)

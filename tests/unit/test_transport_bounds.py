@@ -1,13 +1,15 @@
-"""The polling queue's bound and the read gate, as plain objects: what keeps one slow client from growing the server."""
+"""The polling queue's bound, the read gate and the eager handler runner, as plain objects: what keeps one slow
+client from growing the server, and a socket's events in order without a task each."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
 from engineio import packet as eio_packet
 
-from iothub.frontend.transport import BoundedQueue, FramedPacket, ReadGate
+from iothub.frontend.transport import BoundedQueue, FramedPacket, ReadGate, run_eagerly
 
 
 class Socket:
@@ -73,3 +75,73 @@ def test_reading_counts_as_held_until_a_ping_timeout_after_it_resumed() -> None:
     assert gate.held_within(0.3) and not gate.paused
     gate.resumed_at -= 0.31
     assert not gate.held_within(0.3)
+
+
+def test_the_read_gate_calls_back_what_stopped_reading_once_it_opens() -> None:
+    gate, resumed = ReadGate(), []
+    gate.pause()
+    gate.on_resume(lambda: resumed.append("a"))
+    gate.on_resume(lambda: resumed.append("b"))
+    assert resumed == []
+    gate.resume()
+    assert resumed == ["a", "b"]
+    gate.pause()
+    gate.resume()
+    assert resumed == ["a", "b"]  # called once, not at every opening
+
+
+async def test_a_handler_that_does_not_wait_runs_at_once_and_needs_no_task() -> None:
+    ran = []
+
+    async def handler() -> None:
+        ran.append(1)
+
+    assert run_eagerly(handler()) is None
+    assert ran == [1]
+
+
+async def test_a_handler_that_waits_is_finished_by_a_task_with_what_it_awaited() -> None:
+    answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    steps = []
+
+    async def handler() -> int:
+        steps.append("before")
+        value = await answer
+        steps.append(value)
+        await asyncio.sleep(0)
+        return value * 2
+
+    rest = run_eagerly(handler())
+    assert rest is not None and steps == ["before"]
+    answer.set_result(21)
+    assert await asyncio.wait_for(rest, 1) == 42
+    assert steps == ["before", 21]
+
+
+async def test_a_waiting_handler_gets_the_error_it_awaited_and_its_tasks_cancellation() -> None:
+    failing: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    caught = []
+
+    async def handler() -> None:
+        try:
+            await failing
+        except ValueError as error:
+            caught.append(str(error))
+        await asyncio.Event().wait()
+
+    rest = run_eagerly(handler())
+    assert rest is not None
+    failing.set_exception(ValueError("no"))
+    await asyncio.sleep(0.01)
+    assert caught == ["no"] and not rest.done()
+    rest.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rest
+
+
+async def test_the_first_steps_error_is_raised_where_it_was_run() -> None:
+    async def handler() -> None:
+        raise KeyError("bad")
+
+    with pytest.raises(KeyError):
+        run_eagerly(handler())
