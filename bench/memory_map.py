@@ -52,7 +52,7 @@ async def measure(devices: int, dashboards: int, lines: int) -> None:
     runner = web.AppRunner(hub.application(), **SERVER_OPTIONS)
     await runner.setup()
     listener = socket.create_server(("127.0.0.1", 0))
-    await web.SockSite(runner, listener).start()
+    server = await hub.gateway.entrance(runner.server).listen(sock=listener)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     tracemalloc.start(1)
     gc.collect()
@@ -85,6 +85,7 @@ async def measure(devices: int, dashboards: int, lines: int) -> None:
         line = f"{where(frame.filename)} {os.path.basename(frame.filename)}:{frame.lineno}"
         print(f"  {stat.size_diff / connections:8.0f} B {stat.count_diff / connections:6.2f} objects  {line}")
     await load.wait()
+    server.close()
     await runner.cleanup()
 
 

@@ -284,9 +284,11 @@ async def test_reads_are_held_while_the_store_is_behind_and_nothing_is_lost(serv
     import sqlite3
 
     db = tmp_path / "held.db"
+    # python-engineio advertises the ping interval in whole seconds (int(0.2) * 1000 = 0): with 200 ms the client would
+    # wait at most the 300 ms ping timeout for a packet, the very period of the held server's pings, and lose the race.
     slow = server_factory(
         IOTHUB_DB_PATH=str(db), IOTHUB_MAX_BACKLOG_AGE_MS="200", IOTHUB_FLUSH_INTERVAL_MS="10",
-        IOTHUB_PING_INTERVAL_MS="200", IOTHUB_PING_TIMEOUT_MS="300",
+        IOTHUB_PING_INTERVAL_MS="1000", IOTHUB_PING_TIMEOUT_MS="300",
     )
     box = imei()
     async with connect(slow.url) as device:
@@ -297,7 +299,7 @@ async def test_reads_are_held_while_the_store_is_behind_and_nothing_is_lost(serv
                 await device.emit("telemetry_data", {"imei": box, "timestamp": n, "data": {}})
             await until(lambda: "reading from sockets is held" in slow.log())
             backlog = (await rest(http, "GET", slow.url + "/api/realtime/status")).body["data"]["backlog"]
-            await asyncio.sleep(1.0)  # several ping timeouts: a socket the server does not read is not dropped for it
+            await asyncio.sleep(1.5)  # a ping and several ping timeouts: a socket the server does not read is not dropped for it
             assert (await rest(http, "GET", slow.url + "/api/realtime/status")).body["data"]["backlog"] == backlog  # nothing read
         assert (await device.call("heartbeat", {"imei": box}))["success"] is True  # read again, in order
         assert device.connected

@@ -1,4 +1,4 @@
-"""The private python-socketio / python-engineio API the front end relies on is still there, as it was written for.
+"""The private python-socketio / python-engineio / aiohttp API the front end relies on is still there, as it was written for.
 
 An upgrade of either library that renames, removes or reshapes one of these
 fails here, by name, instead of breaking the server silently.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import socketio
+from aiohttp import web
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_server import AsyncServer as EngineServer
 from engineio.async_socket import AsyncSocket
@@ -83,3 +84,33 @@ def test_no_module_but_compat_touches_a_private_name() -> None:
         if pattern.search(line)
     ]
     assert touches == []
+
+
+async def test_a_detached_connection_stays_open_and_aiohttp_writes_nothing_more_to_it() -> None:
+    """What the transport relies on to take a WebSocket handshake that aiohttp read (a kept-alive connection)."""
+    taken: asyncio.Future[asyncio.Transport | None] = asyncio.get_running_loop().create_future()
+
+    async def handler(request: web.Request) -> web.Response:
+        taken.set_result(compat.detach(request))
+        return web.Response(text="aiohttp must not send this")
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        transport = await asyncio.wait_for(taken, 5)
+        assert transport is not None
+        await asyncio.sleep(0.1)  # aiohttp has finished with the request by now
+        assert not transport.is_closing()
+        transport.write(b"the pump's bytes\n")
+        assert await asyncio.wait_for(reader.readline(), 5) == b"the pump's bytes\n"
+        transport.close()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+        await runner.cleanup()

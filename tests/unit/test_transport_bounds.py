@@ -102,7 +102,7 @@ async def test_a_handler_that_does_not_wait_runs_at_once_and_needs_no_task() -> 
 
 async def test_a_handler_that_waits_is_finished_by_a_task_with_what_it_awaited() -> None:
     answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    steps = []
+    steps: list[object] = []
 
     async def handler() -> int:
         steps.append("before")

@@ -21,7 +21,12 @@ from iothub.frontend.websocket import (
     handshake,
 )
 
-HANDSHAKE = {"connection": "keep-alive, Upgrade", "upgrade": "WebSocket", "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}
+HANDSHAKE = {
+    "connection": "keep-alive, Upgrade",
+    "upgrade": "WebSocket",
+    "sec-websocket-version": "13",
+    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
 
 
 def client_frame(payload: bytes, opcode: int = Opcode.TEXT, *, final: bool = True, rsv: int = 0, mask: bytes | None = None) -> bytes:
@@ -68,7 +73,8 @@ def test_deflate_is_agreed_only_when_on_and_offered_with_parameters_it_can_honou
     agreed = handshake(offer, compress=True)
     assert agreed.deflate == DeflateParameters(False, False, 15)
     assert b"Sec-WebSocket-Extensions: permessage-deflate\r\n" in agreed.response
-    narrow = handshake({**HANDSHAKE, "sec-websocket-extensions": "permessage-deflate; server_max_window_bits=10; server_no_context_takeover"}, compress=True)
+    offer = {**HANDSHAKE, "sec-websocket-extensions": "permessage-deflate; server_max_window_bits=10; server_no_context_takeover"}
+    narrow = handshake(offer, compress=True)
     assert narrow.deflate == DeflateParameters(True, False, 10)
     assert b"server_no_context_takeover; server_max_window_bits=10" in narrow.response
     for unusable in ("permessage-deflate; server_max_window_bits=20", "permessage-deflate; x_unknown", "x-webkit-deflate-frame"):
@@ -79,7 +85,12 @@ def test_deflate_is_agreed_only_when_on_and_offered_with_parameters_it_can_honou
 
 def test_messages_come_whole_however_the_bytes_are_split() -> None:
     stream = client_frame(b"42hello") + client_frame("é".encode() * 200) + client_frame(b"\x00\x01", Opcode.BINARY) + client_frame(b"x" * 70000)
-    expected = [Message(Opcode.TEXT, "42hello"), Message(Opcode.TEXT, "é" * 200), Message(Opcode.BINARY, b"\x00\x01"), Message(Opcode.TEXT, "x" * 70000)]
+    expected = [
+        Message(Opcode.TEXT, "42hello"),
+        Message(Opcode.TEXT, "é" * 200),
+        Message(Opcode.BINARY, b"\x00\x01"),
+        Message(Opcode.TEXT, "x" * 70000),
+    ]
     for step in (1, 3, 7, 500, len(stream)):
         reader = FrameReader(100_000)
         messages = []
