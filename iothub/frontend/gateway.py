@@ -59,7 +59,7 @@ from ..core.supervisor import ControlPlane
 from .compat import BINARY, SocketIOServer
 from .door import Entrance, refusal
 from .packets import EventPacket, ack_text, event_name_of, event_text
-from .transport import BoundedQueue, FramedPacket, Pinger, ReadGate, opening, refusal_log, routes, websocket_class
+from .transport import BoundedQueue, Endings, FramedPacket, Pinger, ReadGate, opening, refusal_log, routes, websocket_class
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,7 @@ class Gateway(SocketIOServer):
             ban_seconds=settings.auth_ban_ms / 1000,
         )
         self.gate = ReadGate()
+        self.endings = Endings()
         #: Cluster mode: answers a request for another gateway's session from that gateway (None: not its session).
         self.elsewhere: Callable[[web.Request], Awaitable[web.StreamResponse] | None] | None = None
         self.max_queued_bytes = settings.max_queued_bytes

@@ -21,6 +21,7 @@ Performance).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import enum
 import logging
@@ -135,6 +136,8 @@ class Guard(Protocol):
     counters: Counters
     #: Whether WebSockets are offered permessage-deflate.
     compress: bool
+    #: The sessions whose connection is gone, ended a few at a time.
+    endings: Endings
 
     def address_of(self, peer: str | None, forwarded_for: str | None) -> str:
         """The client's address, given the peer's and the request's ``X-Forwarded-For``."""
@@ -303,6 +306,40 @@ class BoundedQueue(asyncio.Queue[eio_packet.Packet | None]):
         return item
 
 
+class Endings:
+    """Sessions whose WebSocket connection is gone, ended at most :data:`PER_TURN` to a turn of the loop.
+
+    When thousands of clients leave at once the kernel reports them together
+    and uvloop runs every connection's loss in one turn; each session's end
+    (Socket.IO's and Engine.IO's disconnect, the device's departure) costs tens
+    of microseconds, so ending them all there would stall every other socket
+    for tens of milliseconds. Queued, they end over the next turns instead.
+    """
+
+    __slots__ = ("_waiting", "_scheduled")
+
+    PER_TURN = 64
+
+    def __init__(self) -> None:
+        self._waiting: collections.deque[Pump] = collections.deque()
+        self._scheduled = False
+
+    def add(self, pump: Pump) -> None:
+        self._waiting.append(pump)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        waiting = self._waiting
+        for _ in range(min(self.PER_TURN, len(waiting))):
+            waiting.popleft().end()
+        if waiting:
+            asyncio.get_running_loop().call_soon(self._run)
+        else:
+            self._scheduled = False
+
+
 class _State(enum.Enum):
     #: A long-polling session's upgrade: waiting for the client's ``2probe``.
     PROBE = enum.auto()
@@ -394,6 +431,10 @@ class Pump(asyncio.Protocol):
             self._closer.cancel()
             self._closer = None
         self._held.clear()
+        self.guard.endings.add(self)
+
+    def end(self) -> None:
+        """End the session of a connection that is gone (:class:`Endings` calls it)."""
         try:
             self._finishing = run_eagerly(self._finish())
         except Exception:
@@ -431,6 +472,9 @@ class Pump(asyncio.Protocol):
         self.counters.bytes_in += masked_frame_size(size)
         state, socket = self._state, self.socket
         if state is _State.OPEN:
+            if data == "3":  # a pong: all Engine.IO's receive does with it (but log it) is to schedule the next ping
+                socket.schedule_ping()
+                return
             try:
                 if data[:1] == "4":
                     handled = self._on_message(socket.sid, data[1:])

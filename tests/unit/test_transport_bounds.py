@@ -4,12 +4,13 @@ client from growing the server, and a socket's events in order without a task ea
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
 import pytest
 from engineio import packet as eio_packet
 
-from iothub.frontend.transport import BoundedQueue, FramedPacket, ReadGate, run_eagerly
+from iothub.frontend.transport import BoundedQueue, Endings, FramedPacket, ReadGate, run_eagerly
 
 
 class Socket:
@@ -145,3 +146,27 @@ async def test_the_first_steps_error_is_raised_where_it_was_run() -> None:
 
     with pytest.raises(KeyError):
         run_eagerly(handler())
+
+
+async def test_sessions_that_end_together_end_a_few_to_a_turn_in_the_order_they_came() -> None:
+    turn, ended = 0, []
+
+    class Gone:
+        def __init__(self, number: int) -> None:
+            self.number = number
+
+        def end(self) -> None:
+            ended.append((turn, self.number))
+
+    endings = Endings()
+    for number in range(200):
+        endings.add(Gone(number))  # type: ignore[arg-type]
+    while len(ended) < 200 and turn < 10:
+        turn += 1
+        await asyncio.sleep(0)
+    assert [number for _, number in ended] == list(range(200))
+    per_turn = collections.Counter(turn for turn, _ in ended)
+    assert max(per_turn.values()) == Endings.PER_TURN and len(per_turn) == 4
+    endings.add(Gone(200))  # type: ignore[arg-type]  # and again once the queue ran dry
+    await asyncio.sleep(0)
+    assert ended[-1][1] == 200
