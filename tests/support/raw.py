@@ -74,6 +74,34 @@ async def next_event(ws: aiohttp.ClientWebSocketResponse, timeout: float = TIMEO
                 return json.loads(text[text.index("["):])
 
 
+def masked_frame(payload: bytes, opcode: int = 0x1, *, final: bool = True, rsv: int = 0) -> bytes:
+    """A WebSocket frame as a client must send it: masked."""
+    mask = os.urandom(4)
+    first = (0x80 if final else 0) | rsv | opcode
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, 0x80 | length))
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, length)
+    return header + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+
+
+def websocket_head(host: str, port: int, **headers: str) -> str:
+    """An Engine.IO WebSocket handshake's head; ``headers`` (underscores for dashes) replace or add to the usual ones."""
+    fields = {
+        "Host": f"{host}:{port}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+        **{name.replace("_", "-"): value for name, value in headers.items()},
+    }
+    lines = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+    return f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n{lines}\r\n"
+
+
 class StalledWebSocket:
     """A WebSocket client over a bare TCP socket that connects, subscribes, and then never reads again."""
 
@@ -84,23 +112,14 @@ class StalledWebSocket:
     @classmethod
     async def open(cls, host: str, port: int) -> StalledWebSocket:
         reader, writer = await asyncio.open_connection(host, port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
+        writer.write(websocket_head(host, port).encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101"), head
         return cls(reader, writer)
 
     def send(self, text: str) -> None:
-        """One masked text frame, as a client must send it."""
-        payload = text.encode()
-        mask = os.urandom(4)
-        header = bytes((0x81,)) + (
-            bytes((0x80 | len(payload),)) if len(payload) < 126 else struct.pack("!BH", 0x80 | 126, len(payload))
-        )
-        self.writer.write(header + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload)))
+        """One text frame."""
+        self.writer.write(masked_frame(text.encode()))
 
     async def read_some(self) -> bytes:
         """Read what has arrived so far (the server's opening frames)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 
@@ -21,26 +20,14 @@ from iothub.frontend.websocket import (
     handshake,
 )
 
+from ..support.raw import masked_frame
+
 HANDSHAKE = {
     "connection": "keep-alive, Upgrade",
     "upgrade": "WebSocket",
     "sec-websocket-version": "13",
     "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
 }
-
-
-def client_frame(payload: bytes, opcode: int = Opcode.TEXT, *, final: bool = True, rsv: int = 0, mask: bytes | None = None) -> bytes:
-    """A frame as a client sends it: masked."""
-    mask = os.urandom(4) if mask is None else mask
-    first = (0x80 if final else 0) | rsv | opcode
-    length = len(payload)
-    if length < 126:
-        head = bytes((first, 0x80 | length))
-    elif length < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, length)
-    return head + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
 
 
 def test_the_accept_key_is_the_rfcs_example() -> None:
@@ -84,7 +71,7 @@ def test_deflate_is_agreed_only_when_on_and_offered_with_parameters_it_can_honou
 
 
 def test_messages_come_whole_however_the_bytes_are_split() -> None:
-    stream = client_frame(b"42hello") + client_frame("é".encode() * 200) + client_frame(b"\x00\x01", Opcode.BINARY) + client_frame(b"x" * 70000)
+    stream = masked_frame(b"42hello") + masked_frame("é".encode() * 200) + masked_frame(b"\x00\x01", Opcode.BINARY) + masked_frame(b"x" * 70000)
     expected = [
         Message(Opcode.TEXT, "42hello"),
         Message(Opcode.TEXT, "é" * 200),
@@ -101,24 +88,24 @@ def test_messages_come_whole_however_the_bytes_are_split() -> None:
 
 def test_a_fragmented_message_is_joined_and_a_control_frame_may_come_between() -> None:
     reader = FrameReader(1000)
-    stream = client_frame(b"4", final=False) + client_frame(b"", Opcode.PING) + client_frame(b"2h", Opcode.CONTINUATION, final=False)
+    stream = masked_frame(b"4", final=False) + masked_frame(b"", Opcode.PING) + masked_frame(b"2h", Opcode.CONTINUATION, final=False)
     assert reader.feed(stream) == [Message(Opcode.PING, b"")]
-    assert reader.feed(client_frame(b"i", Opcode.CONTINUATION)) == [Message(Opcode.TEXT, "42hi")]
+    assert reader.feed(masked_frame(b"i", Opcode.CONTINUATION)) == [Message(Opcode.TEXT, "42hi")]
 
 
 @pytest.mark.parametrize(
     ("stream", "code"),
     [
         (frame(b"unmasked"), Close.PROTOCOL_ERROR),
-        (client_frame(b"x" * 1001), Close.TOO_BIG),
-        (client_frame(b"x" * 600, final=False) + client_frame(b"x" * 600, Opcode.CONTINUATION), Close.TOO_BIG),
-        (client_frame(b"\xff\xfe"), Close.INVALID_DATA),
-        (client_frame(b"x", Opcode.CONTINUATION), Close.PROTOCOL_ERROR),
-        (client_frame(b"a", final=False) + client_frame(b"b"), Close.PROTOCOL_ERROR),
-        (client_frame(b"", Opcode.PING, final=False), Close.PROTOCOL_ERROR),
-        (client_frame(b"p" * 126, Opcode.PING), Close.PROTOCOL_ERROR),
-        (client_frame(b"x", 0x3), Close.PROTOCOL_ERROR),
-        (client_frame(b"x", rsv=0x40), Close.PROTOCOL_ERROR),
+        (masked_frame(b"x" * 1001), Close.TOO_BIG),
+        (masked_frame(b"x" * 600, final=False) + masked_frame(b"x" * 600, Opcode.CONTINUATION), Close.TOO_BIG),
+        (masked_frame(b"\xff\xfe"), Close.INVALID_DATA),
+        (masked_frame(b"x", Opcode.CONTINUATION), Close.PROTOCOL_ERROR),
+        (masked_frame(b"a", final=False) + masked_frame(b"b"), Close.PROTOCOL_ERROR),
+        (masked_frame(b"", Opcode.PING, final=False), Close.PROTOCOL_ERROR),
+        (masked_frame(b"p" * 126, Opcode.PING), Close.PROTOCOL_ERROR),
+        (masked_frame(b"x", 0x3), Close.PROTOCOL_ERROR),
+        (masked_frame(b"x", rsv=0x40), Close.PROTOCOL_ERROR),
     ],
 )
 def test_a_client_that_breaks_the_protocol_is_refused_with_its_close_code(stream: bytes, code: Close) -> None:
@@ -143,7 +130,7 @@ def test_compressed_messages_inflate_with_the_context_carried_over() -> None:
     reader = FrameReader(10_000, DeflateParameters(False, False, 15))
     client = zlib.compressobj(wbits=-15)
     first, second = b'42["telemetry_data",{"imei":"1"}]', b'42["telemetry_data",{"imei":"2"}]'
-    stream = client_frame(deflated(first, client), rsv=0x40) + client_frame(deflated(second, client), rsv=0x40) + client_frame(b"3")
+    stream = masked_frame(deflated(first, client), rsv=0x40) + masked_frame(deflated(second, client), rsv=0x40) + masked_frame(b"3")
     assert reader.feed(stream) == [Message(Opcode.TEXT, first.decode()), Message(Opcode.TEXT, second.decode()), Message(Opcode.TEXT, "3")]
 
 
@@ -152,7 +139,7 @@ def test_a_compressed_message_that_inflates_past_the_limit_is_refused() -> None:
     bomb = deflated(b"x" * 1_000_000, zlib.compressobj(wbits=-15))
     assert len(bomb) < 10_000
     with pytest.raises(WebSocketError) as refused:
-        reader.feed(client_frame(bomb, rsv=0x40))
+        reader.feed(masked_frame(bomb, rsv=0x40))
     assert refused.value.code == Close.TOO_BIG
 
 
