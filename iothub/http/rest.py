@@ -108,8 +108,8 @@ def summed(rates: list[dict[str, Rates]]) -> dict[str, Rates]:
 def rest_only(middleware: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]) -> Any:
     """``middleware`` for REST requests; Socket.IO's go straight to their handler.
 
-    Without awaiting it: a WebSocket's request lasts as long as the socket, and
-    a middleware's frame held that long is memory for every connected device.
+    Engine.IO answers its own requests, errors and CORS included; and a long-poll
+    would hold the middleware's frame for as long as it waits.
     """
 
     @web.middleware
