@@ -147,9 +147,6 @@ class Door(asyncio.Protocol):
         self.entrance.opening.add(task)
         task.add_done_callback(self.entrance.opening.discard)
 
-    def eof_received(self) -> bool:
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         if self._timer is not None:

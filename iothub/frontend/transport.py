@@ -422,9 +422,6 @@ class Pump(asyncio.Protocol):
                 self._hold()
                 return
 
-    def eof_received(self) -> bool:
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if self._closer is not None:
