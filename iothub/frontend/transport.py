@@ -26,6 +26,7 @@ import contextvars
 import enum
 import logging
 import time
+import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol
@@ -191,7 +192,7 @@ def opening(guard: Guard, server: AsyncServer) -> Callable[[dict[str, Any]], Awa
     """How the door opens a WebSocket session: a new one admitted first (per-address limits), then Engine.IO's handshake."""
 
     async def open_session(environ: dict[str, Any]) -> web.StreamResponse | None:
-        if "sid=" not in environ["QUERY_STRING"]:
+        if "sid" not in urllib.parse.parse_qs(environ["QUERY_STRING"]):
             refused = guard.admit(guard.address_of(environ["REMOTE_ADDR"], environ.get("HTTP_X_FORWARDED_FOR")))
             if refused is not None:
                 return refused

@@ -8,6 +8,7 @@ import json
 import aiohttp
 
 from ..support.clients import connect, refused, rest
+from ..support.raw import raw_http, websocket_head
 from ..support.server import start_server
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
@@ -27,6 +28,16 @@ async def test_connections_per_address_are_limited_with_429(server_factory, http
         await refused(server.url)  # the official client sees its connection refused
     async with connect(server.url) as again:  # room again once they left
         assert again.connected
+
+
+async def test_a_websocket_handshake_is_admitted_the_same_way_whatever_its_query_says(server_factory):
+    """Only a real ``sid`` parameter (an upgrade) skips admission: a look-alike does not open a session past the limit."""
+    server = server_factory(IOTHUB_MAX_CONNECTIONS_PER_ADDRESS="1")
+    async with connect(server.url):
+        for query in ("EIO=4&transport=websocket", "EIO=4&transport=websocket&xsid=1", "EIO=4&transport=websocket&asid=x&sids=y"):
+            answer, closed = await raw_http("127.0.0.1", server.port, websocket_head("127.0.0.1", server.port, query=query))
+            assert answer.startswith(b"HTTP/1.1 429 "), (query, answer[:200])
+            assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "RATE_LIMITED" and closed
 
 
 async def test_the_server_wide_limit_answers_503(server_factory, http):

@@ -88,7 +88,7 @@ def masked_frame(payload: bytes, opcode: int = 0x1, *, final: bool = True, rsv: 
     return header + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
 
 
-def websocket_head(host: str, port: int, **headers: str) -> str:
+def websocket_head(host: str, port: int, query: str = "EIO=4&transport=websocket", **headers: str) -> str:
     """An Engine.IO WebSocket handshake's head; ``headers`` (underscores for dashes) replace or add to the usual ones."""
     fields = {
         "Host": f"{host}:{port}",
@@ -99,7 +99,7 @@ def websocket_head(host: str, port: int, **headers: str) -> str:
         **{name.replace("_", "-"): value for name, value in headers.items()},
     }
     lines = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
-    return f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n{lines}\r\n"
+    return f"GET /socket.io/?{query} HTTP/1.1\r\n{lines}\r\n"
 
 
 class StalledWebSocket:
