@@ -1,10 +1,10 @@
 """The two kinds of Ray actor: a gateway (a whole front end on the shared port) and the supervisor.
 
 A :class:`GatewayActor` runs a :class:`~iothub.app.Hub` in the actor's event
-loop, served by an aiohttp runner — ``web.run_app`` needs the main thread,
-which an actor's loop is not — on the public port with ``SO_REUSEPORT`` and on
-a private port of its own, where other gateways forward requests for its
-sessions. Once it listens it joins the supervisor with what it holds; Ray
+loop, behind the gateway's door (:mod:`iothub.frontend.door`) with an aiohttp
+runner for everything but its WebSockets, on the public port with
+``SO_REUSEPORT`` and on a private port of its own, where other gateways forward
+requests for its sessions. Once it listens it joins the supervisor with what it holds; Ray
 restarts it when its process dies, and the new one joins again.
 
 The :class:`SupervisorActor` runs the :class:`~iothub.core.supervisor.Supervisor`
