@@ -58,7 +58,9 @@ class IoTDevice {
 
     this.socket.on('connect', () => {
       this.connected = true;
-      print({ kind: 'connect', transport: this.socket.io.engine.transport.name });
+      const transport = this.socket.io.engine.transport;
+      // The WebSocket extensions agreed (permessage-deflate when the server offers it): the `ws` socket's.
+      print({ kind: 'connect', transport: transport.name, extensions: transport.ws?.extensions ?? '' });
       this.run().catch((error) => {
         if (error instanceof Refused) {
           print({ kind: 'refused', event: error.event, payload: error.reply });

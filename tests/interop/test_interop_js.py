@@ -442,6 +442,23 @@ def test_seed_device_and_dashboard(js, server, imei, email, transport: str, styl
         seed_flow(js, server.url, transport, imei(), email(), style)
 
 
+@pytest.fixture(scope="module")
+def compressing(tmp_path_factory: pytest.TempPathFactory, topology: str) -> Iterator[RunningServer]:
+    """A server that offers permessage-deflate (IOTHUB_WS_COMPRESSION=true)."""
+    running = start_server(tmp_path_factory.mktemp("server"), IOTHUB_WS_COMPRESSION="true", workers=workers_of(topology))
+    yield running
+    running.stop()
+
+
+def test_with_compression_on_the_official_client_agrees_deflate_and_the_whole_flow_works(js, compressing, imei, email) -> None:
+    """The `ws` library under socket.io-client offers permessage-deflate: every frame the server sends it is deflated."""
+    with server_log_on_failure(compressing):
+        device = js.device(compressing.url, "websocket", imei(), email(), style="ack")
+        assert device.returncode == 0, device
+        assert device.one("connect")["extensions"].startswith("permessage-deflate"), device
+        seed_flow(js, compressing.url, "websocket", imei(), email(), "ack")
+
+
 def test_twenty_clients_with_the_default_options_all_connect_upgrade_and_deliver(js, server, email) -> None:
     """Polling first, then the upgrade: against two gateways, a poll or an upgrade may land on either."""
     owner, first = email(), "356938035640000"
