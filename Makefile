@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test test-image bench build vendor clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard iothub/core/*.pyx)
+$(STAMP): pyproject.toml setup.py $(wildcard iothub/*/*.pyx)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'

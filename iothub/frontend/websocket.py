@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from ._mask import unmask
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Every deflated message ends with this empty block; it is left off on the wire (RFC 7692, 7.2.1).
 _TAIL = b"\x00\x00\xff\xff"
@@ -159,15 +161,6 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return frame(struct.pack("!H", code) + reason.encode()[:120], Opcode.CLOSE)
 
 
-def unmask(mask: bytes, payload: bytes) -> bytes:
-    """A client's payload XOR its masking key, as one big integer operation."""
-    length = len(payload)
-    if not length:
-        return payload
-    key = (mask * ((length >> 2) + 1))[:length]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(length, "little")
-
-
 class Deflater:
     """The server's permessage-deflate compressor."""
 
@@ -199,7 +192,8 @@ class FrameReader:
 
     def __init__(self, max_message_bytes: int, deflate: DeflateParameters | None = None) -> None:
         self.max_message_bytes = max_message_bytes
-        self._buffer = b""
+        #: The start of a frame whose end has not arrived yet.
+        self._buffer = bytearray()
         #: An unfinished message: its opcode, and its frames' payloads so far (a list only once there are some).
         self._fragmented: Opcode | None = None
         self._fragments: list[bytes] | None = None
@@ -210,7 +204,10 @@ class FrameReader:
 
     def feed(self, data: bytes) -> list[Message]:
         """The messages ``data`` completes, in order; :class:`WebSocketError` when the client broke the protocol."""
-        buffer = self._buffer + data if self._buffer else data
+        buffer: bytes | bytearray = data
+        if self._buffer:  # a frame's start is waiting: added to in place, so a large frame is not copied at every read
+            self._buffer += data
+            buffer = self._buffer
         messages: list[Message] = []
         position, end = 0, len(buffer)
         while end - position >= 2:
@@ -234,12 +231,17 @@ class FrameReader:
             start = position + header + 4
             if end - start < length:
                 break
-            payload = unmask(buffer[start - 4 : start], buffer[start : start + length])
+            payload = unmask(bytes(buffer[start - 4 : start]), bytes(buffer[start : start + length]))
             position = start + length
             message = self._frame(first, payload)
             if message is not None:
                 messages.append(message)
-        self._buffer = buffer[position:] if position < end else b""
+        if position == end:
+            self._buffer = bytearray()
+        elif buffer is self._buffer:
+            del self._buffer[:position]
+        else:
+            self._buffer = bytearray(buffer[position:])
         return messages
 
     def _frame(self, first: int, payload: bytes) -> Message | None:

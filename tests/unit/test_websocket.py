@@ -7,6 +7,7 @@ import zlib
 
 import pytest
 
+from iothub.frontend._mask import unmask
 from iothub.frontend.websocket import (
     Close,
     DeflateParameters,
@@ -158,3 +159,22 @@ def test_server_frames_have_the_right_length_forms() -> None:
     assert frame(b"x" * 125)[:2] == bytes((0x81, 125))
     assert frame(b"x" * 126)[:4] == bytes((0x81, 126, 0, 126))
     assert frame(b"x" * 65536, Opcode.BINARY)[:10] == bytes((0x82, 127)) + (65536).to_bytes(8, "big")
+
+
+def test_the_compiled_unmasking_is_the_rfcs_xor_at_every_length_and_alignment() -> None:
+    mask = bytes((0x37, 0xFA, 0x21, 0x3D))
+    payload = bytes(range(256)) * 41
+    for length in (*range(20), 1000, 10_001):
+        part = payload[:length]
+        assert unmask(mask, part) == bytes(byte ^ mask[index % 4] for index, byte in enumerate(part))
+    assert unmask(mask, unmask(mask, payload)) == payload
+    with pytest.raises(ValueError, match="4 bytes"):
+        unmask(b"abc", b"x")
+
+
+def test_a_large_message_read_in_small_pieces_comes_whole() -> None:
+    payload = bytes(range(256)) * 40_000  # 10 MB, in 64 KiB reads as a socket delivers it
+    stream = masked_frame(payload, opcode=Opcode.BINARY)
+    reader = FrameReader(len(payload))
+    messages = [message for start in range(0, len(stream), 65536) for message in reader.feed(stream[start : start + 65536])]
+    assert messages == [Message(Opcode.BINARY, payload)]
