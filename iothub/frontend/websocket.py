@@ -231,8 +231,14 @@ class FrameReader:
             start = position + header + 4
             if end - start < length:
                 break
-            payload = unmask(bytes(buffer[start - 4 : start]), bytes(buffer[start : start + length]))
+            payload = unmask(buffer, start - 4, length)
             position = start + length
+            if first == FIN | Opcode.TEXT and self._fragmented is None:  # the usual: a whole text message, uncompressed
+                try:
+                    messages.append(Message(Opcode.TEXT, payload.decode()))
+                except UnicodeDecodeError:
+                    raise WebSocketError(Close.INVALID_DATA, "a text message that is not UTF-8") from None
+                continue
             message = self._frame(first, payload)
             if message is not None:
                 messages.append(message)

@@ -161,15 +161,19 @@ def test_server_frames_have_the_right_length_forms() -> None:
     assert frame(b"x" * 65536, Opcode.BINARY)[:10] == bytes((0x82, 127)) + (65536).to_bytes(8, "big")
 
 
-def test_the_compiled_unmasking_is_the_rfcs_xor_at_every_length_and_alignment() -> None:
+def test_the_compiled_unmasking_is_the_rfcs_xor_at_every_length_and_place() -> None:
     mask = bytes((0x37, 0xFA, 0x21, 0x3D))
     payload = bytes(range(256)) * 41
     for length in (*range(20), 1000, 10_001):
-        part = payload[:length]
-        assert unmask(mask, part) == bytes(byte ^ mask[index % 4] for index, byte in enumerate(part))
-    assert unmask(mask, unmask(mask, payload)) == payload
-    with pytest.raises(ValueError, match="4 bytes"):
-        unmask(b"abc", b"x")
+        for before in (b"", b"x", b"head"):
+            frames = before + mask + payload[:length] + b"next frame"
+            expected = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload[:length]))
+            assert unmask(frames, len(before), length) == expected
+            assert unmask(bytearray(frames), len(before), length) == expected
+    with pytest.raises(ValueError, match="runs past"):
+        unmask(mask + b"abc", 0, 4)
+    with pytest.raises(TypeError):
+        unmask(memoryview(mask + b"abc"), 0, 3)  # type: ignore[arg-type]
 
 
 def test_a_large_message_read_in_small_pieces_comes_whole() -> None:
