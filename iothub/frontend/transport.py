@@ -62,11 +62,10 @@ class FramedPacket(eio_packet.Packet):
         return self._frame
 
 
-def frame_encoded(encoded: str | bytes) -> bytes:
-    """The frame of an encoded Engine.IO packet: a text frame, or a binary one for bytes."""
-    if isinstance(encoded, str):
-        return frame(encoded.encode(), Opcode.TEXT)
-    return frame(encoded, Opcode.BINARY)
+def frame_encoded(encoded: str | bytes, deflater: Deflater | None = None) -> bytes:
+    """The frame of an encoded Engine.IO packet, a text frame or a binary one for bytes; compressed by ``deflater``."""
+    payload, opcode = (encoded.encode(), Opcode.TEXT) if isinstance(encoded, str) else (encoded, Opcode.BINARY)
+    return frame(payload, opcode) if deflater is None else deflater.frame(payload, opcode)
 
 
 def frame_size(encoded: str | bytes) -> int:
@@ -417,11 +416,11 @@ class Pump(asyncio.Protocol):
             self._hold()
             return
         for position, message in enumerate(messages):
-            self._take(message)
-            if self._busy is not None and position + 1 < len(messages):
-                self._held.extend(messages[position + 1 :])
+            if self._busy is not None:  # the last one's handler waits: the rest waits for it
+                self._held.extend(messages[position:])
                 self._hold()
                 return
+            self._take(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -459,6 +458,7 @@ class Pump(asyncio.Protocol):
     def _take(self, message: Message) -> None:
         opcode = message.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self.counters.bytes_in += masked_frame_size(message.size)
             self._message(message.data)
         elif opcode is Opcode.PING and isinstance(message.data, bytes):
             self._write(frame(message.data, Opcode.PONG))
@@ -466,8 +466,6 @@ class Pump(asyncio.Protocol):
             self._close(Close.NORMAL, answering=True)
 
     def _message(self, data: str | bytes) -> None:
-        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())  # isascii is a flag: O(1)
-        self.counters.bytes_in += masked_frame_size(size)
         state, socket = self._state, self.socket
         if state is _State.OPEN:
             if data == "3":  # a pong: all Engine.IO's receive does with it (but log it) is to schedule the next ping
@@ -536,8 +534,7 @@ class Pump(asyncio.Protocol):
         else:
             encoded = packet.encode()
             self.counters.bytes_out += frame_size(encoded)
-            binary = isinstance(encoded, bytes)
-            self._pending.append(self.deflater.frame(encoded if binary else encoded.encode(), Opcode.BINARY if binary else Opcode.TEXT))
+            self._pending.append(frame_encoded(encoded, self.deflater))
         if packet.packet_type == eio_packet.CLOSE:
             self._state = _State.CLOSING_SOON
 
@@ -687,7 +684,7 @@ def run_eagerly(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | No
         waiting = coroutine.send(None)
     except StopIteration:
         return None
-    return asyncio.ensure_future(_rest(_Resumed(coroutine, waiting)))
+    return asyncio.ensure_future(_Resumed(coroutine, waiting))
 
 
 class _Resumed:
@@ -714,10 +711,6 @@ class _Resumed:
                     waiting = coroutine.send(sent)
                 except StopIteration as stop:
                     return stop.value
-
-
-async def _rest(resumed: _Resumed) -> Any:
-    return await resumed
 
 
 def _one_line(exc: BaseException) -> str:

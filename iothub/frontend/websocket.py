@@ -61,6 +61,8 @@ class Message(NamedTuple):
 
     opcode: Opcode
     data: str | bytes
+    #: The payload's bytes, inflated: what the message carried, without decoding it again to count it.
+    size: int
 
 
 class Handshake(NamedTuple):
@@ -227,17 +229,14 @@ class FrameReader:
             if not second & 0x80:
                 raise WebSocketError(Close.PROTOCOL_ERROR, "a client's frames must be masked")
             if length > self.max_message_bytes:
-                raise WebSocketError(Close.TOO_BIG, f"a message may carry at most {self.max_message_bytes} bytes")
+                raise self._too_big()
             start = position + header + 4
             if end - start < length:
                 break
             payload = unmask(buffer, start - 4, length)
             position = start + length
             if first == FIN | Opcode.TEXT and self._fragmented is None:  # the usual: a whole text message, uncompressed
-                try:
-                    messages.append(Message(Opcode.TEXT, payload.decode()))
-                except UnicodeDecodeError:
-                    raise WebSocketError(Close.INVALID_DATA, "a text message that is not UTF-8") from None
+                messages.append(self._whole(Opcode.TEXT, payload))
                 continue
             message = self._frame(first, payload)
             if message is not None:
@@ -255,7 +254,7 @@ class FrameReader:
         if opcode >= Opcode.CLOSE:  # a control frame: whole, short, and allowed between a message's frames
             if not final or len(payload) > 125 or rsv or opcode > Opcode.PONG:
                 raise WebSocketError(Close.PROTOCOL_ERROR, "a malformed control frame")
-            return Message(Opcode(opcode), payload)
+            return Message(Opcode(opcode), payload, len(payload))
         if rsv & ~RSV1 or (rsv and (self._inflater is None or opcode == Opcode.CONTINUATION)):
             raise WebSocketError(Close.PROTOCOL_ERROR, "reserved bits set that no extension agreed")
         if opcode == Opcode.CONTINUATION:
@@ -269,7 +268,7 @@ class FrameReader:
             raise WebSocketError(Close.PROTOCOL_ERROR, f"unknown opcode {opcode}")
         self._fragments_size += len(payload)
         if self._fragments_size > self.max_message_bytes:
-            raise WebSocketError(Close.TOO_BIG, f"a message may carry at most {self.max_message_bytes} bytes")
+            raise self._too_big()
         if not final:
             if self._fragments is None:
                 self._fragments = []
@@ -279,14 +278,19 @@ class FrameReader:
         kind = self._fragmented
         assert kind is not None
         self._fragmented, self._fragments, self._fragments_size = None, None, 0
-        if self._compressed:
-            data = self._inflate(data)
+        return self._whole(kind, self._inflate(data) if self._compressed else data)
+
+    def _whole(self, kind: Opcode, data: bytes) -> Message:
+        """A message complete: TEXT decoded."""
         if kind is Opcode.BINARY:
-            return Message(kind, data)
+            return Message(kind, data, len(data))
         try:
-            return Message(kind, data.decode())
+            return Message(kind, data.decode(), len(data))
         except UnicodeDecodeError:
             raise WebSocketError(Close.INVALID_DATA, "a text message that is not UTF-8") from None
+
+    def _too_big(self) -> WebSocketError:
+        return WebSocketError(Close.TOO_BIG, f"a message may carry at most {self.max_message_bytes} bytes")
 
     def _inflate(self, data: bytes) -> bytes:
         assert self._inflater is not None
@@ -297,5 +301,5 @@ class FrameReader:
         except zlib.error:
             raise WebSocketError(Close.INVALID_DATA, "a compressed message that does not inflate") from None
         if len(inflated) > self.max_message_bytes or self._inflater.unconsumed_tail:
-            raise WebSocketError(Close.TOO_BIG, f"a message may carry at most {self.max_message_bytes} bytes")
+            raise self._too_big()
         return inflated

@@ -74,10 +74,10 @@ def test_deflate_is_agreed_only_when_on_and_offered_with_parameters_it_can_honou
 def test_messages_come_whole_however_the_bytes_are_split() -> None:
     stream = masked_frame(b"42hello") + masked_frame("é".encode() * 200) + masked_frame(b"\x00\x01", Opcode.BINARY) + masked_frame(b"x" * 70000)
     expected = [
-        Message(Opcode.TEXT, "42hello"),
-        Message(Opcode.TEXT, "é" * 200),
-        Message(Opcode.BINARY, b"\x00\x01"),
-        Message(Opcode.TEXT, "x" * 70000),
+        Message(Opcode.TEXT, "42hello", 7),
+        Message(Opcode.TEXT, "é" * 200, 400),  # the size counts bytes, not characters
+        Message(Opcode.BINARY, b"\x00\x01", 2),
+        Message(Opcode.TEXT, "x" * 70000, 70000),
     ]
     for step in (1, 3, 7, 500, len(stream)):
         reader = FrameReader(100_000)
@@ -90,8 +90,8 @@ def test_messages_come_whole_however_the_bytes_are_split() -> None:
 def test_a_fragmented_message_is_joined_and_a_control_frame_may_come_between() -> None:
     reader = FrameReader(1000)
     stream = masked_frame(b"4", final=False) + masked_frame(b"", Opcode.PING) + masked_frame(b"2h", Opcode.CONTINUATION, final=False)
-    assert reader.feed(stream) == [Message(Opcode.PING, b"")]
-    assert reader.feed(masked_frame(b"i", Opcode.CONTINUATION)) == [Message(Opcode.TEXT, "42hi")]
+    assert reader.feed(stream) == [Message(Opcode.PING, b"", 0)]
+    assert reader.feed(masked_frame(b"i", Opcode.CONTINUATION)) == [Message(Opcode.TEXT, "42hi", 4)]
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,8 @@ def test_compressed_messages_inflate_with_the_context_carried_over() -> None:
     client = zlib.compressobj(wbits=-15)
     first, second = b'42["telemetry_data",{"imei":"1"}]', b'42["telemetry_data",{"imei":"2"}]'
     stream = masked_frame(deflated(first, client), rsv=0x40) + masked_frame(deflated(second, client), rsv=0x40) + masked_frame(b"3")
-    assert reader.feed(stream) == [Message(Opcode.TEXT, first.decode()), Message(Opcode.TEXT, second.decode()), Message(Opcode.TEXT, "3")]
+    inflated = [Message(Opcode.TEXT, first.decode(), len(first)), Message(Opcode.TEXT, second.decode(), len(second))]
+    assert reader.feed(stream) == [*inflated, Message(Opcode.TEXT, "3", 1)]  # sizes inflated, not as on the wire
 
 
 def test_a_compressed_message_that_inflates_past_the_limit_is_refused() -> None:
@@ -181,4 +182,4 @@ def test_a_large_message_read_in_small_pieces_comes_whole() -> None:
     stream = masked_frame(payload, opcode=Opcode.BINARY)
     reader = FrameReader(len(payload))
     messages = [message for start in range(0, len(stream), 65536) for message in reader.feed(stream[start : start + 65536])]
-    assert messages == [Message(Opcode.BINARY, payload)]
+    assert messages == [Message(Opcode.BINARY, payload, len(payload))]
